@@ -1,0 +1,69 @@
+# cachegw: the same entry points locally and in CI (.ci/run calls `make test`).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+PIP_VERSION := 26.3
+STAMP := $(VENV)/.installed
+
+.PHONY: help install system-deps system-deps-test run serve down status test lint fmt lock clean
+
+help:
+	@echo "make run    install, start the local stack, migrate, serve on http://127.0.0.1:$(PORT)"
+	@echo "make test   install, then every test (the tests start their own stack on free ports)"
+	@echo "make down   stop the local stack started by make run"
+	@echo "make lint   ruff and mypy --strict"
+
+install: system-deps $(STAMP)
+
+system-deps:
+	@scripts/install-system-deps.sh run
+
+system-deps-test:
+	@scripts/install-system-deps.sh test
+
+$(STAMP): requirements-dev.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check pip==$(PIP_VERSION)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+run: install
+	$(BIN)/cachegw devstack up
+	$(BIN)/cachegw migrate up --env-file .devstack/env
+	@echo "cachegw: serving on http://127.0.0.1:$(PORT) (docs at /docs); Ctrl-C stops it, 'make down' stops the stack"
+	$(BIN)/cachegw serve --env-file .devstack/env --port $(PORT)
+
+down:
+	@if [ -x $(BIN)/cachegw ]; then $(BIN)/cachegw devstack down; else echo "nothing to stop"; fi
+
+status: $(STAMP)
+	$(BIN)/cachegw devstack status
+
+test: system-deps-test install
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check app tests alembic bench
+	$(BIN)/ruff format --check app tests alembic bench
+	$(BIN)/mypy --strict app
+
+fmt: $(STAMP)
+	$(BIN)/ruff format app tests alembic bench
+	$(BIN)/ruff check --fix app tests alembic bench
+
+# Regenerate the pinned trees from pyproject.toml (runtime, then runtime + dev).
+lock:
+	rm -rf .lockvenv
+	$(PYTHON) -m venv .lockvenv
+	.lockvenv/bin/python -m pip install -q pip==$(PIP_VERSION)
+	.lockvenv/bin/pip install -q .
+	.lockvenv/bin/pip freeze --exclude-editable | grep -v '^cachegw' > requirements.lock
+	.lockvenv/bin/pip install -q --group dev
+	.lockvenv/bin/pip freeze --exclude-editable | grep -v '^cachegw' > requirements-dev.lock
+	rm -rf .lockvenv
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

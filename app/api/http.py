@@ -1,0 +1,109 @@
+"""HTTP semantics shared by every path that serves keys: key parsing, body limits, headers.
+
+Nothing here depends on FastAPI, so the lean GET path can use the same functions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from urllib.parse import unquote_to_bytes
+
+from app.api.conditional import etag
+from app.codec import Entry
+from app.errors import InvalidKeyError, UnsupportedMediaTypeError, ValueTooLargeError
+from app.router import ReadResult
+
+KEYS_PREFIX = b"/v1/keys/"
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+MAX_CONTENT_TYPE_LENGTH = 255
+CACHE_NAME = "cachegw"
+
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MEDIA_TYPE = re.compile(
+    rf"^{_TOKEN}/{_TOKEN}"
+    rf"(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|\"(?:[^\"\\\x00-\x08\x0a-\x1f\x7f]|\\.)*\"))*$"
+)
+_FORBIDDEN_IN_KEY = re.compile(r"[\x00-\x1f\x7f-\x9f/]")
+
+
+def key_from_raw_path(raw_path: bytes, *, max_bytes: int) -> str:
+    """The key in ``/v1/keys/{key}[/...]``, percent-decoded strictly as UTF-8, then validated.
+
+    The raw path is used (not the router's decoded one) so that malformed percent-encoding and
+    invalid UTF-8 are refused instead of being replaced by U+FFFD.
+    """
+    segment = raw_path[len(KEYS_PREFIX) :].split(b"/", 1)[0].split(b"?", 1)[0]
+    if b"%" in segment:
+        if re.search(rb"%(?![0-9A-Fa-f]{2})", segment):
+            raise InvalidKeyError("the key has malformed percent-encoding")
+        raw = unquote_to_bytes(segment)
+    else:
+        raw = segment
+    try:
+        key = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidKeyError("the key is not valid UTF-8 once percent-decoded") from None
+    return validate_key(key, raw_len=len(raw), max_bytes=max_bytes)
+
+
+def validate_key(key: str, *, raw_len: int, max_bytes: int) -> str:
+    if not key:
+        raise InvalidKeyError("the key is empty")
+    if raw_len > max_bytes:
+        raise InvalidKeyError(f"the key is {raw_len} bytes of UTF-8; the limit is {max_bytes}")
+    if _FORBIDDEN_IN_KEY.search(key):
+        raise InvalidKeyError("the key contains a control character or '/'")
+    return key
+
+
+def content_type_of(header: str | None) -> str:
+    if header is None or not header.strip():
+        return DEFAULT_CONTENT_TYPE
+    value = header.strip()
+    if len(value) > MAX_CONTENT_TYPE_LENGTH or not _MEDIA_TYPE.match(value):
+        raise UnsupportedMediaTypeError("Content-Type is not a valid media type")
+    return value
+
+
+async def read_limited(
+    stream: AsyncIterator[bytes], *, content_length: str | None, limit: int
+) -> bytes:
+    """The whole body, or ``ValueTooLargeError`` as soon as it is known to exceed ``limit``."""
+    if content_length is not None:
+        if not content_length.strip().isdigit():
+            raise ValueTooLargeError("Content-Length is not a number", limit_bytes=limit)
+        if int(content_length) > limit:
+            raise ValueTooLargeError(
+                f"the value is {int(content_length)} bytes; the limit is {limit}", limit_bytes=limit
+            )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in stream:
+        size += len(chunk)
+        if size > limit:
+            raise ValueTooLargeError(
+                f"the value exceeds the limit of {limit} bytes", limit_bytes=limit
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def cache_status(result: ReadResult) -> str:
+    """RFC 9211 Cache-Status for an answer."""
+    if result.tier == "store":
+        return f"{CACHE_NAME}; fwd=miss; stored" if result.filled else f"{CACHE_NAME}; fwd=miss"
+    return f"{CACHE_NAME}; hit; detail={result.tier}"
+
+
+def entry_headers(result: ReadResult, now_ms: int) -> dict[str, str]:
+    entry: Entry = result.entry
+    headers = {
+        "ETag": etag(entry.version),
+        "Age": str(max(0, (now_ms - entry.stored_at_ms) // 1000)),
+        "Cache-Status": cache_status(result),
+    }
+    remaining_ms = entry.ttl_ms(now_ms)
+    if remaining_ms is not None:
+        headers["Cache-Control"] = f"max-age={max(0, remaining_ms // 1000)}"
+    return headers

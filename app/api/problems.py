@@ -1,0 +1,194 @@
+"""The one place where errors become HTTP answers: RFC 9457 ``application/problem+json``.
+
+Every problem has a ``type`` (a relative URI under ``/problems/`` that the gateway itself
+documents, or ``about:blank`` for plain HTTP errors), ``title``, ``status`` and ``detail``; none
+carries a stack trace, a value, or a secret.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from app.errors import (
+    CachegwError,
+    InvalidKeyError,
+    InvalidPreconditionError,
+    InvalidTtlError,
+    KeyNotFoundError,
+    NoAnswerError,
+    StoreConflictError,
+    StoreUnavailableError,
+    TierError,
+    UnsupportedMediaTypeError,
+    ValueTooLargeError,
+)
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemType:
+    slug: str
+    status: int
+    title: str
+    explanation: str
+
+    @property
+    def uri(self) -> str:
+        return f"/problems/{self.slug}"
+
+
+PROBLEM_TYPES: dict[str, ProblemType] = {
+    p.slug: p
+    for p in (
+        ProblemType("invalid-key", 422, "Invalid key",
+                    "The key is empty, longer than the byte limit in UTF-8, or has a control "
+                    "character or '/'."),
+        ProblemType("invalid-ttl", 422, "Invalid ttl",
+                    "The ttl query parameter must be a whole number of seconds within the limits."),
+        ProblemType("invalid-request", 422, "Invalid request",
+                    "A parameter or header failed validation; see errors for each one."),
+        ProblemType("invalid-precondition", 400, "Invalid precondition header",
+                    "If-Match / If-None-Match must be * or a list of entity-tags such as \"42\"."),
+        ProblemType("unsupported-media-type", 415, "Unsupported media type",
+                    "Content-Type must be a media type such as application/json."),
+        ProblemType("value-too-large", 413, "Value too large",
+                    "The body is larger than the value size limit; it was not read whole."),
+        ProblemType("key-not-found", 404, "Key not found",
+                    "The authoritative store has no live entry for this key."),
+        ProblemType("precondition-failed", 412, "Precondition failed",
+                    "If-Match or If-None-Match did not hold against the current version."),
+        ProblemType("store-unavailable", 503, "Store unavailable",
+                    "The authoritative store could not answer or commit; nothing was changed. "
+                    "Retry after the time in Retry-After."),
+        ProblemType("no-answer", 503, "No tier could answer",
+                    "No cache tier could answer within policy and the store could not either."),
+        ProblemType("internal-error", 500, "Internal error",
+                    "The gateway failed unexpectedly; the failure was logged."),
+    )
+}  # fmt: skip
+
+
+def problem(
+    status: int,
+    *,
+    title: str,
+    detail: str,
+    type_uri: str = "about:blank",
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, object] | None = None,
+) -> Response:
+    body: dict[str, object] = {"type": type_uri, "title": title, "status": status, "detail": detail}
+    if instance is not None:
+        body["instance"] = instance
+    if extra:
+        body.update(extra)
+    return Response(
+        json.dumps(body, ensure_ascii=False).encode(),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def typed_problem(
+    slug: str, detail: str, *, instance: str | None = None, headers: dict[str, str] | None = None,
+    extra: dict[str, object] | None = None,
+) -> Response:  # fmt: skip
+    kind = PROBLEM_TYPES[slug]
+    return problem(
+        kind.status, title=kind.title, detail=detail, type_uri=kind.uri, instance=instance,
+        headers=headers, extra=extra,
+    )  # fmt: skip
+
+
+def _etag_headers(version: int | None) -> dict[str, str] | None:
+    return None if version is None else {"ETag": f'"{version}"'}
+
+
+def error_response(exc: Exception, *, instance: str | None = None) -> Response:
+    """The problem for one of the gateway's errors (shared by FastAPI and the lean GET path)."""
+    match exc:
+        case InvalidKeyError():
+            return typed_problem("invalid-key", str(exc), instance=instance)
+        case InvalidTtlError():
+            return typed_problem("invalid-ttl", str(exc), instance=instance)
+        case InvalidPreconditionError():
+            return typed_problem("invalid-precondition", str(exc), instance=instance)
+        case UnsupportedMediaTypeError():
+            return typed_problem("unsupported-media-type", str(exc), instance=instance)
+        case ValueTooLargeError():
+            return typed_problem(
+                "value-too-large", str(exc), instance=instance,
+                headers={"Connection": "close"}, extra={"limit_bytes": exc.limit_bytes},
+            )  # fmt: skip
+        case KeyNotFoundError():
+            return typed_problem("key-not-found", "no live entry for this key", instance=instance)
+        case StoreConflictError():
+            return typed_problem(
+                "precondition-failed", str(exc), instance=instance,
+                headers=_etag_headers(exc.current_version),
+            )  # fmt: skip
+        case StoreUnavailableError():
+            return typed_problem(
+                "store-unavailable", str(exc), instance=instance, headers={"Retry-After": "1"}
+            )
+        case NoAnswerError():
+            return typed_problem(
+                "no-answer", str(exc), instance=instance,
+                headers={"Retry-After": str(exc.retry_after_s)},
+            )  # fmt: skip
+        case TierError():
+            return typed_problem(
+                "no-answer", str(exc), instance=instance, headers={"Retry-After": "1"}
+            )
+    log.error("unexpected error", exc_info=exc)
+    return typed_problem(
+        "internal-error", "unexpected error; see the gateway's log", instance=instance
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into a problem response."""
+
+    async def on_cachegw_error(request: Request, exc: Exception) -> Response:
+        return error_response(exc, instance=request.url.path)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}"
+            for err in errors
+        )
+        return typed_problem(
+            "invalid-request", detail or "invalid request", instance=request.url.path,
+            extra={"errors": [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")}
+                              for e in errors]},
+        )  # fmt: skip
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
+        headers = dict(exc.headers or {}) if isinstance(exc, StarletteHTTPException) else None
+        detail = exc.detail if isinstance(exc, StarletteHTTPException) else "error"
+        title = {404: "Not Found", 405: "Method Not Allowed"}.get(status, "HTTP error")
+        return problem(
+            status, title=title, detail=str(detail), instance=request.url.path, headers=headers
+        )
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        return error_response(exc, instance=request.url.path)
+
+    app.add_exception_handler(CachegwError, on_cachegw_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)

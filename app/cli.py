@@ -1,0 +1,96 @@
+"""``cachegw``: the project's command (serve, migrate, devstack)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_ENV_FILE = Path(".devstack/env")
+
+
+def load_env_file(path: Path) -> None:
+    """Put ``KEY=value`` lines of a dotenv file into the environment (the environment wins)."""
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        name, _, value = line.partition("=")
+        os.environ.setdefault(name.strip(), value.strip().strip("'\""))
+
+
+def _env_file(arg: str | None) -> None:
+    path = Path(arg) if arg else DEFAULT_ENV_FILE
+    if path.is_file():
+        load_env_file(path)
+    elif arg:
+        raise SystemExit(f"cachegw: env file {path} not found")
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    _env_file(args.env_file)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level="info",
+        access_log=False,
+    )
+    return 0
+
+
+def migrate(args: argparse.Namespace) -> int:
+    from alembic.config import Config
+
+    from alembic import command
+
+    _env_file(args.env_file)
+    config = Config(str(Path(__file__).resolve().parent.parent / "alembic.ini"))
+    command.upgrade(config, args.revision) if args.direction == "up" else command.downgrade(
+        config, args.revision
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["devstack"]:
+        from app import devstack
+
+        return devstack.main(argv[1:])
+    parser = argparse.ArgumentParser(prog="cachegw", description="The cachegw cache gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("devstack", help="local Redis Cluster and Postgres: up|down|status")
+
+    p_serve = sub.add_parser("serve", help="serve the gateway with uvicorn")
+    p_serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    p_serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    p_serve.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "1")))
+    p_serve.add_argument(
+        "--env-file", help=f"dotenv file to load (default {DEFAULT_ENV_FILE} if present)"
+    )
+    p_serve.set_defaults(handler=serve)
+
+    p_migrate = sub.add_parser("migrate", help="apply (up) or revert (down) migrations")
+    p_migrate.add_argument("direction", choices=["up", "down"], nargs="?", default="up")
+    p_migrate.add_argument("revision", nargs="?", default=None)
+    p_migrate.add_argument("--env-file")
+    p_migrate.set_defaults(handler=migrate)
+
+    args = parser.parse_args(argv)
+    if args.command == "migrate" and args.revision is None:
+        args.revision = "head" if args.direction == "up" else "base"
+    handler = args.handler
+    result: int = handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

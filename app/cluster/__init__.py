@@ -1,0 +1,1 @@
+"""Redis Cluster access: slot routing over per-node clients, and topology."""

@@ -1,0 +1,219 @@
+"""Commands to one Redis node over redis-py connections, pipelined automatically.
+
+Every command submitted during one turn of the event loop is written in one batch on one
+connection and its replies are read back in order (automatic pipelining). A *group* of commands
+(``ASKING`` followed by the redirected command) always travels in one batch, so it shares a
+connection: the fix for redis-py's ASK handling, which sends the two on different connections.
+
+There are no hidden retries: one attempt per command, bounded by the socket timeout, and the caller
+bounds its wait by the request deadline. A caller that stops waiting cancels only its own future;
+the batch goes on and its connection stays in step with the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis import exceptions as rex
+from redis.asyncio.connection import Connection
+
+from app.cluster.errors import translate
+from app.cluster.slots import Address, format_address
+from app.errors import NodeBusyError, TierTimeoutError
+
+Command = tuple[bytes | str | int, ...]
+# A reply is a decoded RESP value, or the ResponseError instance the server sent for it.
+Reply = Any
+
+MAX_GROUPS_PER_BATCH = 128
+
+
+@dataclass(frozen=True, slots=True)
+class NodeOptions:
+    readonly: bool = False
+    connect_timeout_s: float = 0.2
+    socket_timeout_s: float = 0.2
+    max_connections: int = 32
+    max_pending: int = 2048
+    username: str | None = None
+    password: str | None = None
+
+
+@dataclass(slots=True)
+class _Group:
+    commands: tuple[Command, ...]
+    future: asyncio.Future[list[Reply]] = field(repr=False)
+
+
+class NodeClient:
+    """One node's connections (READONLY ones when ``options.readonly``), pipelined.
+
+    ``_pending`` is appended to by ``submit`` and drained only by ``_flush``; ``_idle`` holds the
+    connections no batch is using. A batch task owns its connection until it puts it back.
+    """
+
+    def __init__(self, address: Address, options: NodeOptions) -> None:
+        self.address = address
+        self.options = options
+        self.name = format_address(address)
+        self._pending: deque[_Group] = deque()
+        self._idle: list[Connection] = []
+        self._open = 0
+        self._flush_scheduled = False
+        self._batches: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending) + len(self._batches)
+
+    @property
+    def connections(self) -> tuple[int, int]:
+        """(open, idle) connections."""
+        return self._open, len(self._idle)
+
+    def submit(self, *commands: Command) -> asyncio.Future[list[Reply]]:
+        """Queue a group of commands for the next batch; the future gets one reply per command."""
+        loop = asyncio.get_running_loop()
+        if self._closed:
+            raise NodeBusyError(f"{self.name}: client closed", route=self.name)
+        if len(self._pending) >= self.options.max_pending:
+            raise NodeBusyError(
+                f"{self.name}: {len(self._pending)} commands queued", route=self.name
+            )
+        future: asyncio.Future[list[Reply]] = loop.create_future()
+        self._pending.append(_Group(commands, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    async def call(self, *commands: Command, deadline: float) -> list[Reply]:
+        """Send a group and wait for its replies until ``deadline`` (event-loop time)."""
+        future = self.submit(*commands)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await future
+        except TimeoutError as exc:
+            raise TierTimeoutError(
+                f"{self.name}: no reply before the deadline", route=self.name
+            ) from exc
+
+    async def execute(self, *args: bytes | str | int, deadline: float) -> Reply:
+        """One command; a ResponseError reply is raised translated (no redirect handling)."""
+        (reply,) = await self.call(args, deadline=deadline)
+        if isinstance(reply, rex.ResponseError):
+            raise translate(reply, route=self.name) from reply
+        return reply
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self._pending:
+            conn = self._checkout()
+            if conn is None:
+                return  # every connection is busy; a finishing batch calls _flush again
+            batch: list[_Group] = []
+            while self._pending and len(batch) < MAX_GROUPS_PER_BATCH:
+                group = self._pending.popleft()
+                if not group.future.done():  # a caller that gave up before the write costs nothing
+                    batch.append(group)
+            if not batch:
+                self._idle.append(conn)
+                return
+            task = asyncio.get_running_loop().create_task(self._run(conn, batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    def _checkout(self) -> Connection | None:
+        if self._idle:
+            return self._idle.pop()
+        if self._open >= self.options.max_connections:
+            return None
+        self._open += 1
+        host, port = self.address
+        return Connection(
+            host=host,
+            port=port,
+            username=self.options.username,
+            password=self.options.password,
+            socket_timeout=self.options.socket_timeout_s,
+            socket_connect_timeout=self.options.connect_timeout_s,
+            retry=None,
+            driver_info=None,
+            protocol=2,  # RESP2: flat replies, and no HELLO round trip on connect
+            redis_connect_func=self._on_connect_readonly if self.options.readonly else None,
+        )
+
+    @staticmethod
+    async def _on_connect_readonly(conn: Connection) -> None:
+        await conn.on_connect()
+        await conn.send_command("READONLY", check_health=False)
+        reply = await conn.read_response()
+        if reply not in (b"OK", "OK"):
+            raise rex.ConnectionError(f"READONLY refused: {reply!r}")
+
+    async def _run(self, conn: Connection, batch: list[_Group]) -> None:
+        healthy = False
+        index = 0
+        try:
+            if not conn.is_connected:
+                await conn.connect()  # type: ignore[no-untyped-call]
+            commands = [command for group in batch for command in group.commands]
+            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            for index, group in enumerate(batch):  # noqa: B007 - index is read in the handler
+                replies: list[Reply] = []
+                for _ in group.commands:
+                    try:
+                        replies.append(await conn.read_response(disable_decoding=True))
+                    except rex.ResponseError as reply:
+                        replies.append(reply)
+                if not group.future.done():
+                    group.future.set_result(replies)
+            healthy = True
+        except asyncio.CancelledError:
+            self._fail(
+                batch[index:], NodeBusyError(f"{self.name}: client closing", route=self.name)
+            )
+            raise
+        except BaseException as exc:
+            self._fail(batch[index:], translate(exc, route=self.name))
+        finally:
+            await self._checkin(conn, healthy=healthy)
+
+    @staticmethod
+    def _fail(groups: list[_Group], error: Exception) -> None:
+        for group in groups:
+            if not group.future.done():
+                group.future.set_exception(error)
+
+    async def _checkin(self, conn: Connection, *, healthy: bool) -> None:
+        if healthy and not self._closed:
+            self._idle.append(conn)
+        else:
+            self._open -= 1
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
+        if self._pending and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    async def aclose(self) -> None:
+        """Stop taking commands, fail what is queued, wait for batches, close connections."""
+        self._closed = True
+        self._fail(
+            list(self._pending), NodeBusyError(f"{self.name}: client closed", route=self.name)
+        )
+        self._pending.clear()
+        if self._batches:
+            await asyncio.wait(list(self._batches), timeout=min(self.options.socket_timeout_s, 0.5))
+        for task in list(self._batches):
+            task.cancel()
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._open -= 1
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)

@@ -1,0 +1,246 @@
+"""Routing of commands to the node that owns a key's slot, over per-node pipelined clients.
+
+The slot map comes from ``CLUSTER SHARDS`` of a random reachable node. A MOVED reply patches the
+one slot it names and asks for a refresh; an ASK reply sends ``ASKING`` and the command together
+on one connection of the importing node and leaves the map alone; TRYAGAIN waits a little. None
+of this outlives the caller's deadline.
+
+Refreshes are coalesced and rate-limited, in the manner of redis-py's ``NodesManager.initialize``
+lock-and-epoch: at most one runs at a time, callers never wait for it, and a request for a
+refresh within ``refresh_min_interval_s`` of the last one is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import replace
+
+from redis import exceptions as rex
+
+from app import telemetry
+from app.cluster.errors import translate
+from app.cluster.node import NodeClient, NodeOptions, Reply
+from app.cluster.slots import Address, Shard, SlotMap, format_address, key_slot
+from app.errors import RedirectLoopError, TierError, TierUnavailableError
+from app.settings import RedisSettings
+
+log = logging.getLogger(__name__)
+
+TRYAGAIN_PAUSE_S = 0.005
+
+
+class SlotRouter:
+    """Owns the slot map and one ``NodeClient`` per (node address, READONLY or not)."""
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self.settings = settings
+        self.map = SlotMap()
+        self._startup = list(settings.startup_nodes)
+        self._clients: dict[tuple[Address, bool], NodeClient] = {}
+        self._refresh_task: asyncio.Task[bool] | None = None
+        self._periodic_task: asyncio.Task[None] | None = None
+        self._last_refresh_at = -1e9
+        self._options = NodeOptions(
+            connect_timeout_s=settings.connect_timeout_s,
+            socket_timeout_s=settings.socket_timeout_s,
+            max_connections=settings.max_connections_per_node,
+            username=settings.username,
+            password=settings.password.get_secret_value() if settings.password else None,
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the slot map once (never raises: the gateway starts degraded without Redis)."""
+        await self.refresh("startup")
+        self._periodic_task = asyncio.get_running_loop().create_task(self._periodic())
+
+    async def aclose(self) -> None:
+        for task in (self._periodic_task, self._refresh_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        clients, self._clients = list(self._clients.values()), {}
+        await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
+
+    async def _periodic(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.refresh_interval_s)
+            await self.refresh("periodic")
+
+    # -- nodes -----------------------------------------------------------------------------
+
+    def node(self, address: Address, *, readonly: bool = False) -> NodeClient:
+        client = self._clients.get((address, readonly))
+        if client is None:
+            options = replace(self._options, readonly=True) if readonly else self._options
+            client = NodeClient(address, options)
+            self._clients[(address, readonly)] = client
+        return client
+
+    def shard_for(self, key: bytes) -> tuple[int, Shard | None]:
+        slot = key_slot(key)
+        return slot, self.map.slots[slot]
+
+    def known_nodes(self) -> list[Address]:
+        nodes: dict[Address, None] = {}
+        for shard in self.map.shards():
+            nodes[shard.primary] = None
+            nodes.update(dict.fromkeys(shard.replicas))
+        nodes.update(dict.fromkeys(self._startup))
+        return list(nodes)
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def execute(self, key: bytes, *args: bytes | str | int, deadline: float) -> Reply:
+        """Run one command on the primary that owns ``key``'s slot, following MOVED and ASK."""
+        slot = key_slot(key)
+        shard = self.map.slots[slot]
+        if shard is None:
+            self.request_refresh("uncovered")
+            raise TierUnavailableError(f"slot {slot} has no known owner", route="primary")
+        address = shard.primary
+        asking = False
+        loop = asyncio.get_running_loop()
+        for _ in range(self.settings.max_redirects + 1):
+            client = self.node(address)
+            if asking:
+                replies = await client.call((b"ASKING",), args, deadline=deadline)
+            else:
+                replies = await client.call(args, deadline=deadline)
+            reply = replies[-1]
+            if not isinstance(reply, rex.ResponseError):
+                return reply
+            if isinstance(reply, rex.MovedError):
+                telemetry.REDIRECTS.labels(kind="moved").inc()
+                address = self._redirect_target(reply, address)
+                self.map.patch(reply.slot_id, address)
+                self.request_refresh("moved")
+                asking = False
+            elif isinstance(reply, rex.AskError):
+                telemetry.REDIRECTS.labels(kind="ask").inc()
+                address = self._redirect_target(reply, address)
+                asking = True
+            elif isinstance(reply, rex.TryAgainError):
+                telemetry.REDIRECTS.labels(kind="tryagain").inc()
+                if loop.time() + TRYAGAIN_PAUSE_S >= deadline:
+                    break
+                await asyncio.sleep(TRYAGAIN_PAUSE_S)
+            else:
+                if isinstance(reply, rex.ClusterDownError):
+                    self.request_refresh("clusterdown")
+                raise translate(reply, route=f"primary@{client.name}") from reply
+        raise RedirectLoopError(f"slot {slot}: redirections did not settle", route="primary")
+
+    async def execute_on(
+        self, address: Address, *args: bytes | str | int, readonly: bool, deadline: float
+    ) -> Reply:
+        """Run one command on one node, no redirect following (a MOVED there is a failure)."""
+        client = self.node(address, readonly=readonly)
+        (reply,) = await client.call(args, deadline=deadline)
+        if isinstance(reply, rex.ResponseError):
+            if isinstance(reply, rex.AskError):  # MovedError too: the map is out of date
+                self.request_refresh("moved")
+            raise translate(reply, route=client.name) from reply
+        return reply
+
+    @staticmethod
+    def _redirect_target(reply: rex.AskError, current: Address) -> Address:
+        host = reply.host or current[0]  # "MOVED 3999 :6381" means "same host as you asked"
+        return (host, int(reply.port))
+
+    # -- topology --------------------------------------------------------------------------
+
+    def request_refresh(self, reason: str) -> None:
+        """Ask for a refresh in the background; coalesced and rate-limited, never awaited."""
+        if self._refresh_task is not None and not self._refresh_task.done():
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_refresh_at < self.settings.refresh_min_interval_s:
+            return
+        self._refresh_task = loop.create_task(self.refresh(reason))
+
+    async def refresh(self, reason: str) -> bool:
+        """Replace the slot map from the first node (in random order) that answers."""
+        loop = asyncio.get_running_loop()
+        self._last_refresh_at = loop.time()
+        telemetry.TOPOLOGY_REFRESHES.labels(trigger=reason).inc()
+        candidates = self.known_nodes()
+        random.shuffle(candidates)
+        for address in candidates:
+            deadline = (
+                loop.time() + self.settings.connect_timeout_s + self.settings.socket_timeout_s
+            )
+            try:
+                raw = await self.execute_on(
+                    address, b"CLUSTER", b"SHARDS", readonly=False, deadline=deadline
+                )
+                shards = parse_cluster_shards(raw)
+            except (TierError, ValueError) as exc:
+                log.debug("topology refresh from %s failed: %s", format_address(address), exc)
+                continue
+            if not shards:
+                continue
+            self.map = SlotMap.from_shards(shards, epoch=self.map.epoch + 1)
+            self._prune_clients()
+            telemetry.SLOTS_MAPPED.set(self.map.covered())
+            return True
+        log.warning("topology refresh (%s) failed: no node answered CLUSTER SHARDS", reason)
+        return False
+
+    def _prune_clients(self) -> None:
+        keep = set(self.known_nodes())
+        for key in [key for key in self._clients if key[0] not in keep]:
+            client = self._clients.pop(key)
+            asyncio.get_running_loop().create_task(client.aclose())
+
+
+def _pairs(flat: object) -> dict[bytes, object]:
+    if isinstance(flat, dict):  # a RESP3 map
+        return {_b(k): v for k, v in flat.items()}
+    if not isinstance(flat, list):
+        raise ValueError("CLUSTER SHARDS: expected a list of pairs")
+    items = flat
+    return {_b(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
+
+
+def _b(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode()
+
+
+def parse_cluster_shards(raw: object) -> list[Shard]:
+    """Shards from a RESP2 ``CLUSTER SHARDS`` reply; only online nodes are kept as replicas."""
+    if not isinstance(raw, list):
+        raise ValueError("CLUSTER SHARDS: expected a list")
+    shards: list[Shard] = []
+    for entry in raw:
+        fields = _pairs(entry)
+        slot_list = [int(x) for x in fields.get(b"slots", [])]  # type: ignore[attr-defined]
+        ranges = tuple(zip(slot_list[::2], slot_list[1::2], strict=True))
+        primaries: list[Address] = []
+        failed_primaries: list[Address] = []
+        replicas: list[Address] = []
+        for node in fields.get(b"nodes", []):  # type: ignore[attr-defined]
+            info = _pairs(node)
+            endpoint = _b(info.get(b"endpoint", b"")).decode()
+            host = endpoint if endpoint and endpoint != "?" else _b(info.get(b"ip", b"")).decode()
+            port = int(_b(info.get(b"port", b"0")))
+            if not host or not port:
+                continue
+            role = _b(info.get(b"role", b"")).decode()
+            health = _b(info.get(b"health", b"")).decode()
+            if role == "master":
+                (primaries if health == "online" else failed_primaries).append((host, port))
+            elif health == "online":
+                replicas.append((host, port))
+        owners = primaries or failed_primaries
+        if not owners or not ranges:
+            continue
+        shards.append(Shard(primary=owners[0], replicas=tuple(replicas), ranges=ranges))
+    return shards

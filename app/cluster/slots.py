@@ -1,0 +1,79 @@
+"""Hash slots and the slot map.
+
+The slot of a key is CRC16 (XMODEM, which is what ``binascii.crc_hqx`` computes in C) of the key,
+or of its hash tag, modulo 16384, as the Redis Cluster specification defines it.
+"""
+
+from __future__ import annotations
+
+from binascii import crc_hqx
+from dataclasses import dataclass, field
+
+SLOT_COUNT = 16384
+
+Address = tuple[str, int]
+
+
+def key_slot(key: bytes) -> int:
+    """The hash slot of ``key``: only the part inside the first non-empty ``{...}`` counts."""
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1 : end]
+    return crc_hqx(key, 0) & (SLOT_COUNT - 1)
+
+
+def format_address(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """One primary and its replicas, as the cluster reported them."""
+
+    primary: Address
+    replicas: tuple[Address, ...] = ()
+    ranges: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(slots=True)
+class SlotMap:
+    """Which shard owns each slot. ``epoch`` counts full replacements from a refresh.
+
+    Owned by the slot router: it is replaced whole by a refresh, and patched one slot at a time by
+    a MOVED (the patch makes a new single-slot shard pointing at the new owner, replicas unknown
+    until the next refresh).
+    """
+
+    slots: list[Shard | None] = field(default_factory=lambda: [None] * SLOT_COUNT)
+    epoch: int = 0
+
+    @classmethod
+    def from_shards(cls, shards: list[Shard], *, epoch: int) -> SlotMap:
+        slots: list[Shard | None] = [None] * SLOT_COUNT
+        for shard in shards:
+            for start, end in shard.ranges:
+                for slot in range(max(start, 0), min(end, SLOT_COUNT - 1) + 1):
+                    slots[slot] = shard
+        return cls(slots=slots, epoch=epoch)
+
+    def shard(self, slot: int) -> Shard | None:
+        return self.slots[slot]
+
+    def patch(self, slot: int, owner: Address) -> None:
+        current = self.slots[slot]
+        if current is not None and current.primary == owner:
+            return
+        self.slots[slot] = Shard(primary=owner, ranges=((slot, slot),))
+
+    def covered(self) -> int:
+        return sum(1 for shard in self.slots if shard is not None)
+
+    def shards(self) -> list[Shard]:
+        seen: dict[int, Shard] = {}
+        for shard in self.slots:
+            if shard is not None:
+                seen.setdefault(id(shard), shard)
+        return list(seen.values())

@@ -1,0 +1,101 @@
+"""The entry every tier carries, and its encoding as one Redis string.
+
+A cached record is one header line and the raw value::
+
+    V <seq> <version> <stored_at_ms> <expires_at_ms or 0> <content-type>\\n<value bytes>
+
+and a tombstone, left by a delete or an invalidate, is ``T <seq>\\n``. ``seq`` is the order of
+cache writes for the key: the entry's version after a write, and a newer number from the same
+sequence after an invalidate (so a fresh fill outranks every copy older than the invalidate).
+The conditional set below compares ``seq`` only, reading the first bytes with GETRANGE so that
+a large value is never copied into Lua.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# KEYS[1] key; ARGV[1] seq; ARGV[2] record; ARGV[3] time to live in ms.
+# Writes when the key holds an older seq, or a tombstone of the same seq and the record is an
+# entry (the fresh fill from the store after an invalidate carries the invalidate's seq).
+# Returns 1 when written, 0 when not.
+SET_IF_NEWER = b"""
+local head = redis.call('GETRANGE', KEYS[1], 0, 23)
+if head ~= '' then
+  local kind, current = string.match(head, '^(%u) (%d+)')
+  current = tonumber(current)
+  local seq = tonumber(ARGV[1])
+  if current and (current > seq or (current == seq and
+      not (kind == 'T' and string.sub(ARGV[2], 1, 1) == 'V'))) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A value as the store holds it, with what caches need to judge its freshness."""
+
+    value: bytes
+    content_type: str
+    version: int
+    seq: int
+    stored_at_ms: int
+    expires_at_ms: int | None = None
+
+    def expired(self, now_ms: int) -> bool:
+        return self.expires_at_ms is not None and self.expires_at_ms <= now_ms
+
+    def ttl_ms(self, now_ms: int) -> int | None:
+        return None if self.expires_at_ms is None else self.expires_at_ms - now_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """A delete or invalidate with sequence ``seq``: older fills must not land."""
+
+    seq: int
+
+
+def redis_key(prefix: str, namespace: str, key: str) -> bytes:
+    """The Redis key. A ``{tag}`` in the caller's key still chooses the slot, as in Redis."""
+    return f"{prefix}:{namespace}:{key}".encode()
+
+
+def encode_entry(entry: Entry) -> bytes:
+    head = (
+        f"V {entry.seq} {entry.version} {entry.stored_at_ms} {entry.expires_at_ms or 0} "
+        f"{entry.content_type}\n"
+    )
+    return head.encode("latin-1") + entry.value
+
+
+def encode_tombstone(seq: int) -> bytes:
+    return b"T %d\n" % seq
+
+
+def decode(raw: bytes) -> Entry | Tombstone:
+    """Parse a record; ``ValueError`` when it is not one of ours."""
+    newline = raw.find(b"\n")
+    if newline < 0:
+        raise ValueError("record without a header line")
+    if raw[:2] == b"T ":
+        return Tombstone(int(raw[2:newline]))
+    if raw[:2] != b"V ":
+        raise ValueError("unknown record kind")
+    parts = raw[2:newline].split(b" ", 4)
+    if len(parts) != 5:
+        raise ValueError("malformed record header")
+    seq, version, stored_at_ms, expires_at_ms, content_type = parts
+    expires = int(expires_at_ms)
+    return Entry(
+        value=raw[newline + 1 :],
+        content_type=content_type.decode("latin-1"),
+        version=int(version),
+        seq=int(seq),
+        stored_at_ms=int(stored_at_ms),
+        expires_at_ms=expires or None,
+    )

@@ -1,0 +1,113 @@
+"""The gateway's exceptions, drawn once.
+
+Library errors (redis-py, asyncpg, builtin ``TimeoutError`` from deadlines) are translated into
+these at the edge, in ``app/cluster/``, ``app/tiers/`` and ``app/store.py``; nothing else catches
+driver exceptions. ``app/api/problems.py`` is the one place that maps them to HTTP.
+
+    CachegwError
+     ├─ TierError                  a cache tier could not answer this request; the router moves on
+     │   ├─ TierUnavailableError   refused, reset, CLUSTERDOWN, LOADING, no slot owner, driver fault
+     │   ├─ TierTimeoutError       no answer within the tier's share of the request deadline
+     │   ├─ RedirectLoopError      MOVED/ASK/TRYAGAIN did not settle within the redirect budget
+     │   └─ NodeBusyError          this process has too many commands queued for one node (local)
+     ├─ StoreError
+     │   ├─ StoreUnavailableError  Postgres unreachable, timed out, or could not commit
+     │   └─ StoreConflictError     a precondition (If-Match / If-None-Match) did not hold
+     ├─ KeyNotFoundError           the authoritative store says the key is absent (or expired)
+     ├─ NoAnswerError              no tier could answer within policy (deadline spent)
+     └─ RequestError               the request itself is invalid; nothing was read or written
+         ├─ InvalidKeyError
+         ├─ InvalidTtlError
+         ├─ InvalidPreconditionError
+         ├─ UnsupportedMediaTypeError
+         └─ ValueTooLargeError
+"""
+
+from __future__ import annotations
+
+
+class CachegwError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class TierError(CachegwError):
+    """A cache tier could not answer; the caller should try the next tier."""
+
+    def __init__(self, message: str, *, route: str = "") -> None:
+        super().__init__(message)
+        self.route = route
+
+
+class TierUnavailableError(TierError):
+    """Raised when a node refuses, resets, reports CLUSTERDOWN/LOADING, or the driver faults."""
+
+
+class TierTimeoutError(TierError):
+    """Raised when a tier does not answer within its share of the request deadline."""
+
+
+class RedirectLoopError(TierError):
+    """Raised when MOVED/ASK/TRYAGAIN redirections do not settle within the redirect budget."""
+
+
+class NodeBusyError(TierError):
+    """Raised when this process already queues too many commands for one node.
+
+    Local saturation: it is not evidence that the node is unhealthy.
+    """
+
+
+class StoreError(CachegwError):
+    """The authoritative store could not do what was asked."""
+
+
+class StoreUnavailableError(StoreError):
+    """Raised when Postgres is unreachable, times out, or cannot commit."""
+
+
+class StoreConflictError(StoreError):
+    """Raised when a write's precondition does not hold; carries the current version if any."""
+
+    def __init__(self, message: str, *, current_version: int | None) -> None:
+        super().__init__(message)
+        self.current_version = current_version
+
+
+class KeyNotFoundError(CachegwError):
+    """Raised only when the authoritative store says the key is absent or expired."""
+
+
+class NoAnswerError(CachegwError):
+    """Raised when no tier can answer within policy before the deadline."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RequestError(CachegwError):
+    """The request is invalid; nothing was read or written."""
+
+
+class InvalidKeyError(RequestError):
+    """Raised for an empty key, one over the byte limit, or one with control characters."""
+
+
+class InvalidTtlError(RequestError):
+    """Raised for a ttl outside the allowed range."""
+
+
+class InvalidPreconditionError(RequestError):
+    """Raised for an If-Match / If-None-Match header that is not a valid entity-tag list."""
+
+
+class UnsupportedMediaTypeError(RequestError):
+    """Raised for a Content-Type that is not a valid media type."""
+
+
+class ValueTooLargeError(RequestError):
+    """Raised when a value exceeds the size limit (checked before the body is read whole)."""
+
+    def __init__(self, message: str, *, limit_bytes: int) -> None:
+        super().__init__(message)
+        self.limit_bytes = limit_bytes

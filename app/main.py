@@ -1,0 +1,110 @@
+"""The application factory and the lifespan that builds and closes everything."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import prometheus_client
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.responses import Response
+
+from app.api import health, keys, problems
+from app.gateway import Gateway
+from app.settings import Settings
+
+DESCRIPTION = """
+A cache gateway for services in any language. Values are opaque bytes stored under keys;
+reads are answered by the fastest tier that can answer correctly: the Redis Cluster primary
+that owns the key's slot, then (when it fails) the tiers behind it, then the authoritative
+Postgres store.
+
+* **Durable before acknowledged**: a PUT or DELETE is answered 2xx only after Postgres committed.
+* **Says where the answer came from**: `Cache-Status` (RFC 9211) names the tier, `Age` says how old
+  the copy is, `ETag` is the version.
+* **Miss is not outage**: 404 only when the store says the key is absent; 503 with `Retry-After`
+  when no tier can answer.
+* Errors are RFC 9457 `application/problem+json`.
+
+Quick start:
+
+    curl -X PUT --data-binary @photo.png -H 'Content-Type: image/png' http://127.0.0.1:8000/v1/keys/photo
+    curl -i http://127.0.0.1:8000/v1/keys/photo
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; settings are read from the environment here, not at import."""
+    settings = settings or Settings()
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gateway = Gateway.build(settings)
+        await gateway.start()
+        app.state.gateway = gateway
+        try:
+            yield
+        finally:
+            await gateway.aclose()
+
+    app = FastAPI(
+        title="cachegw",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "keys", "description": "Get, set and delete cached keys."},
+            {"name": "health", "description": "Liveness and readiness."},
+        ],
+    )
+    app.state.settings = settings
+    problems.install(app)
+    app.include_router(keys.router)
+    app.include_router(health.router)
+    Instrumentator(excluded_handlers=["/metrics"]).instrument(app).expose(
+        app, include_in_schema=False
+    )
+
+    @app.get("/problems/{slug}", include_in_schema=False)
+    async def problem_type(slug: str) -> Response:
+        kind = problems.PROBLEM_TYPES.get(slug)
+        if kind is None:
+            return problems.problem(404, title="Not Found", detail="no such problem type")
+        text = f"{kind.title} ({kind.status})\n\n{kind.explanation}\n"
+        return Response(text, media_type="text/plain; charset=utf-8")
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+                tags=app.openapi_tags,
+            )
+            _problem_media_types(schema)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _problem_media_types(schema: dict[str, Any]) -> None:
+    """Error responses are documented as application/problem+json, which is what they are."""
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content")
+                if not status.isdigit() or int(status) < 400 or not content:
+                    continue
+                if "application/json" in content:
+                    content[problems.PROBLEM_JSON] = content.pop("application/json")

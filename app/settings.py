@@ -1,0 +1,127 @@
+"""Settings: environment variables with the prefix ``CACHEGW_`` (nested with ``__``).
+
+Built by ``Settings()`` inside the application factory, never at import. A bad value fails
+start-up with pydantic's message, which names the variable.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RedisSettings(BaseModel):
+    """How the slot router reaches the Redis Cluster."""
+
+    nodes: str = Field(
+        default="127.0.0.1:7000",
+        description="Comma-separated host:port startup nodes; any reachable one gives the map.",
+    )
+    username: str | None = None
+    password: SecretStr | None = None
+    connect_timeout_s: float = Field(default=0.2, gt=0, le=10)
+    socket_timeout_s: float = Field(default=0.2, gt=0, le=10)
+    max_connections_per_node: int = Field(default=32, ge=1, le=1024)
+    refresh_min_interval_s: float = Field(default=0.5, ge=0, le=60)
+    refresh_interval_s: float = Field(default=5.0, gt=0, le=300)
+    max_redirects: int = Field(default=5, ge=1, le=16)
+    key_prefix: str = Field(default="cg", min_length=1, max_length=32)
+    ttl_cap_s: int = Field(
+        default=3600, ge=1, description="Longest life of a cached copy in Redis."
+    )
+    tombstone_ttl_s: int = Field(default=60, ge=1, le=86400)
+
+    @field_validator("nodes")
+    @classmethod
+    def _nodes_parse(cls, value: str) -> str:
+        parse_nodes(value)
+        return value
+
+    @property
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        return parse_nodes(self.nodes)
+
+
+def parse_nodes(value: str) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port, got {item!r}")
+        out.append((host.strip("[]"), int(port)))
+    if not out:
+        raise ValueError("at least one host:port is needed")
+    return out
+
+
+class PostgresSettings(BaseModel):
+    """The authoritative store."""
+
+    dsn: SecretStr = Field(default=SecretStr("postgresql://postgres@127.0.0.1:55432/cachegw"))
+    pool_min_size: int = Field(default=2, ge=0, le=100)
+    pool_max_size: int = Field(default=10, ge=1, le=200)
+    connect_timeout_s: float = Field(default=2.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _pool_sizes(self) -> PostgresSettings:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError("pool_min_size must not exceed pool_max_size")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The same DSN in the form SQLAlchemy's asyncpg dialect takes (for alembic)."""
+        dsn = self.dsn.get_secret_value()
+        for prefix in ("postgresql://", "postgres://"):
+            if dsn.startswith(prefix):
+                return "postgresql+asyncpg://" + dsn[len(prefix) :]
+        return dsn
+
+
+class LimitSettings(BaseModel):
+    """What a request may carry."""
+
+    max_key_bytes: int = Field(default=512, ge=1, le=4096)
+    max_value_bytes: int = Field(default=1024 * 1024, ge=1, le=64 * 1024 * 1024)
+    min_ttl_s: int = Field(default=1, ge=1)
+    max_ttl_s: int = Field(default=30 * 86400, ge=1)
+
+    @model_validator(mode="after")
+    def _ttl_range(self) -> LimitSettings:
+        if self.min_ttl_s > self.max_ttl_s:
+            raise ValueError("min_ttl_s must not exceed max_ttl_s")
+        return self
+
+
+class OutboxSettings(BaseModel):
+    """The repairer that re-applies cache updates that could not reach Redis in time."""
+
+    interval_s: float = Field(default=0.5, gt=0, le=60)
+    grace_s: float = Field(
+        default=2.0, ge=0, le=600, description="Rows younger than this belong to their request."
+    )
+    batch_size: int = Field(default=100, ge=1, le=10000)
+    max_backoff_s: float = Field(default=30.0, gt=0, le=3600)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CACHEGW_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    pg: PostgresSettings = Field(default_factory=PostgresSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    read_deadline_ms: int = Field(default=250, ge=1, le=60000)
+    write_deadline_ms: int = Field(default=2000, ge=1, le=60000)
+    namespace: str = Field(
+        default="default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
+    )
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")

@@ -1,0 +1,275 @@
+"""The authoritative store: Postgres through an asyncpg pool.
+
+Writes go through SQL functions created by the migrations (``cachegw_put``, ``cachegw_delete``,
+``cachegw_invalidate``): each runs in one transaction that takes a version from one sequence,
+changes the entry and records an outbox row, so one round trip makes a write durable together with
+the promise to update the caches. asyncpg and its errors are used only in this module.
+
+The SQLAlchemy tables below are what alembic compares the migrations against; nothing on the
+request path uses SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import sqlalchemy as sa
+
+from app import telemetry
+from app.codec import Entry
+from app.errors import StoreConflictError, StoreUnavailableError
+from app.settings import PostgresSettings
+
+metadata = sa.MetaData()
+
+entries = sa.Table(
+    "entries",
+    metadata,
+    sa.Column("namespace", sa.Text, primary_key=True),
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+    sa.Column("content_type", sa.Text, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("cache_seq", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Index(
+        "entries_expires_at_idx", "expires_at", postgresql_where=sa.text("expires_at IS NOT NULL")
+    ),
+)
+
+cache_outbox = sa.Table(
+    "cache_outbox",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+    sa.Column("namespace", sa.Text, nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column(
+        "next_attempt_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Index("cache_outbox_next_attempt_idx", "next_attempt_at"),
+)
+
+version_sequence = sa.Sequence("entry_version_seq", metadata=metadata)
+
+_LIVE = "(expires_at IS NULL OR expires_at > now())"
+_EXPIRES_MS = "(extract(epoch FROM expires_at) * 1000)::bigint"
+
+SQL_GET = f"""
+SELECT value, content_type, version, cache_seq, {_EXPIRES_MS}
+  FROM entries WHERE namespace = $1 AND key = $2 AND {_LIVE}
+"""
+SQL_PUT = "SELECT * FROM cachegw_put($1, $2, $3, $4, $5, $6, $7, $8)"
+SQL_DELETE = "SELECT * FROM cachegw_delete($1, $2, $3)"
+SQL_INVALIDATE = "SELECT * FROM cachegw_invalidate($1, $2)"
+SQL_OUTBOX_CLAIM = """
+UPDATE cache_outbox o
+   SET attempts = o.attempts + 1,
+       next_attempt_at = now() + least($3::float8, 0.25 * 2 ^ least(o.attempts, 20))
+                                 * interval '1 second'
+ WHERE o.id IN (SELECT id FROM cache_outbox
+                 WHERE next_attempt_at <= now()
+                   AND created_at <= now() - $2::float8 * interval '1 second'
+                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING o.id, o.namespace, o.key, o.seq
+"""
+SQL_OUTBOX_DONE = "DELETE FROM cache_outbox WHERE id = ANY($1::bigint[])"
+SQL_OUTBOX_FAILED = "UPDATE cache_outbox SET last_error = $2 WHERE id = ANY($1::bigint[])"
+SQL_PURGE_EXPIRED = """
+DELETE FROM entries WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM entries WHERE expires_at <= now() LIMIT $1))
+"""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    version: int
+    seq: int
+    created: bool
+    expires_at_ms: int | None
+    outbox_id: int
+    stored_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveResult:
+    """A delete or invalidate: the version it removed or re-sequenced, and the new seq."""
+
+    version: int
+    seq: int
+    outbox_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    namespace: str
+    key: str
+    seq: int
+
+
+class Store:
+    """Postgres access. Every call is bounded by the caller's deadline (event-loop time)."""
+
+    def __init__(self, settings: PostgresSettings) -> None:
+        self.settings = settings
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+
+    async def start(self) -> None:
+        # min_size 0: the pool is made even when Postgres is down; connections come on demand.
+        self._pool = await asyncpg.create_pool(
+            self.settings.dsn.get_secret_value(),
+            min_size=0,
+            max_size=self.settings.pool_max_size,
+            timeout=self.settings.connect_timeout_s,
+            command_timeout=None,
+        )
+        with contextlib.suppress(StoreUnavailableError):
+            await self.ping(
+                deadline=asyncio.get_running_loop().time() + self.settings.connect_timeout_s
+            )
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), timeout=5)
+            except TimeoutError:
+                pool.terminate()
+
+    async def _run(self, operation: str, method: str, sql: str, *args: Any, deadline: float) -> Any:
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailableError("store not started")
+        try:
+            async with asyncio.timeout_at(deadline):
+                result = await getattr(pool, method)(sql, *args)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError as exc:
+            telemetry.STORE_QUERIES.labels(operation=operation, outcome="timeout").inc()
+            raise StoreUnavailableError(f"store: {operation} timed out") from exc
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            telemetry.STORE_QUERIES.labels(operation=operation, outcome="error").inc()
+            raise StoreUnavailableError(f"store: {operation}: {type(exc).__name__}") from exc
+        telemetry.STORE_QUERIES.labels(operation=operation, outcome="ok").inc()
+        return result
+
+    async def ping(self, *, deadline: float) -> None:
+        await self._run("ping", "fetchval", "SELECT 1", deadline=deadline)
+
+    async def get(self, namespace: str, key: str, *, deadline: float) -> Entry | None:
+        row = await self._run("get", "fetchrow", SQL_GET, namespace, key, deadline=deadline)
+        if row is None:
+            return None
+        return Entry(
+            value=row[0],
+            content_type=row[1],
+            version=row[2],
+            seq=row[3],
+            stored_at_ms=now_ms(),
+            expires_at_ms=row[4],
+        )
+
+    async def put(
+        self,
+        namespace: str,
+        key: str,
+        value: bytes,
+        *,
+        content_type: str,
+        ttl_ms: int | None,
+        if_match: list[int] | None,
+        if_exists: bool,
+        if_none_match: bool,
+        deadline: float,
+    ) -> WriteResult:
+        """Write a value; ``StoreConflictError`` when a precondition does not hold."""
+        row = await self._run(
+            "put", "fetchrow", SQL_PUT,
+            namespace, key, value, content_type, ttl_ms, if_match, if_exists, if_none_match,
+            deadline=deadline,
+        )  # fmt: skip
+        outcome, version, created, expires_at_ms, outbox_id = row
+        if outcome != "ok":
+            raise StoreConflictError("precondition failed", current_version=version)
+        return WriteResult(
+            version=version,
+            seq=version,
+            created=created,
+            expires_at_ms=expires_at_ms,
+            outbox_id=outbox_id,
+            stored_at_ms=now_ms(),
+        )
+
+    async def delete(
+        self, namespace: str, key: str, *, if_match: list[int] | None, deadline: float
+    ) -> RemoveResult | None:
+        """Delete a live entry; ``None`` when absent, ``StoreConflictError`` if If-Match fails."""
+        row = await self._run(
+            "delete", "fetchrow", SQL_DELETE, namespace, key, if_match, deadline=deadline
+        )
+        return _removed(row)
+
+    async def invalidate(self, namespace: str, key: str, *, deadline: float) -> RemoveResult | None:
+        """Give a live entry a new cache seq, so every cached copy becomes too old to serve."""
+        row = await self._run(
+            "invalidate", "fetchrow", SQL_INVALIDATE, namespace, key, deadline=deadline
+        )
+        return _removed(row)
+
+    async def outbox_claim(
+        self, *, limit: int, grace_s: float, max_backoff_s: float, deadline: float
+    ) -> list[OutboxRow]:
+        rows = await self._run(
+            "outbox_claim",
+            "fetch",
+            SQL_OUTBOX_CLAIM,
+            limit,
+            grace_s,
+            max_backoff_s,
+            deadline=deadline,
+        )
+        return [OutboxRow(id=r[0], namespace=r[1], key=r[2], seq=r[3]) for r in rows]
+
+    async def outbox_done(self, ids: list[int], *, deadline: float) -> None:
+        if ids:
+            await self._run("outbox_done", "execute", SQL_OUTBOX_DONE, ids, deadline=deadline)
+
+    async def outbox_failed(self, ids: list[int], error: str, *, deadline: float) -> None:
+        if ids:
+            await self._run(
+                "outbox_failed", "execute", SQL_OUTBOX_FAILED, ids, error[:500], deadline=deadline
+            )
+
+    async def purge_expired(self, *, limit: int, deadline: float) -> int:
+        status: str = await self._run(
+            "purge", "execute", SQL_PURGE_EXPIRED, limit, deadline=deadline
+        )
+        return int(status.rsplit(" ", 1)[-1])
+
+
+def _removed(row: Any) -> RemoveResult | None:
+    outcome, version, seq, outbox_id = row
+    if outcome == "not_found":
+        return None
+    if outcome != "ok":
+        raise StoreConflictError("precondition failed", current_version=version)
+    return RemoveResult(version=version, seq=seq, outbox_id=outbox_id)

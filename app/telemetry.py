@@ -1,0 +1,52 @@
+"""Metrics. The seed's metric names are kept exactly; everything else is ``cachegw_*``.
+
+Label values are bounded sets chosen in code (tier names, outcomes, triggers); a key is never a
+label value.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Buckets that resolve p50/p95/p99 between 0.1 ms and 1 s.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
+    0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5,
+)  # fmt: skip
+
+FALLBACK_ATTEMPTS = Counter(
+    "redis_fallback_routing_attempts",
+    "Reads by how the fallback router answered them",
+    ["status"],
+)
+FALLBACK_LATENCY = Histogram(
+    "redis_fallback_routing_latency_seconds",
+    "Time spent answering a read after its first tier could not",
+    buckets=LATENCY_BUCKETS,
+)
+SLOTS_ASSIGNED = Gauge("redis_cluster_slots_assigned", "cluster_slots_assigned from CLUSTER INFO")
+SLOTS_OK = Gauge("redis_cluster_slots_ok", "cluster_slots_ok from CLUSTER INFO")
+
+TIER_RESULTS = Counter(
+    "cachegw_tier_results_total",
+    "Answers of each tier: hit, miss, stale (rejected as older than known), error",
+    ["tier", "result"],
+)
+STORE_QUERIES = Counter(
+    "cachegw_store_queries_total", "Queries sent to the store", ["operation", "outcome"]
+)
+REDIRECTS = Counter(
+    "cachegw_redis_redirects_total", "MOVED/ASK/TRYAGAIN replies followed", ["kind"]
+)
+TOPOLOGY_REFRESHES = Counter(
+    "cachegw_topology_refreshes_total", "Slot map refreshes by what triggered them", ["trigger"]
+)
+SLOTS_MAPPED = Gauge("cachegw_slots_mapped", "Slots that have an owner in this process's slot map")
+CACHE_UPDATES = Counter(
+    "cachegw_cache_updates_total",
+    "Versioned writes of cache records to Redis: applied, skipped (newer there), failed",
+    ["source", "result"],
+)
+OUTBOX_REPAIRS = Counter(
+    "cachegw_outbox_repairs_total", "Outbox rows the repairer applied or failed", ["result"]
+)

@@ -1,0 +1,34 @@
+"""Reading Redis behind the gateway's back, with redis-py's own cluster client."""
+
+from __future__ import annotations
+
+from redis.cluster import ClusterNode, RedisCluster
+
+from app.codec import Entry, Tombstone, decode, redis_key
+from app.devstack import Stack
+
+
+def cluster_client(stack: Stack) -> RedisCluster:
+    return RedisCluster(
+        startup_nodes=[ClusterNode("127.0.0.1", port) for port in stack.redis_ports],
+        decode_responses=False,
+        socket_timeout=2,
+        socket_connect_timeout=2,
+    )
+
+
+def cached(stack: Stack, key: str, *, namespace: str = "default") -> Entry | Tombstone | None:
+    client = cluster_client(stack)
+    try:
+        raw = client.get(redis_key("cg", namespace, key))
+    finally:
+        client.close()
+    return None if raw is None else decode(raw)
+
+
+def drop(stack: Stack, key: str, *, namespace: str = "default") -> None:
+    client = cluster_client(stack)
+    try:
+        client.delete(redis_key("cg", namespace, key))
+    finally:
+        client.close()

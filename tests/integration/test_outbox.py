@@ -1,0 +1,101 @@
+"""Acknowledged writes survive a Redis Cluster that is entirely down (the outbox repairs it)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from app.codec import Entry, Tombstone
+from app.devstack import Stack
+from tests.integration.conftest import gateway_client, settings_for
+from tests.integration.redis_direct import cached
+from tests.integration.test_api_keys import new_key
+
+
+async def outbox_rows(stack: Stack, key: str) -> int:
+    conn = await asyncpg.connect(stack.pg_dsn)
+    try:
+        count: int = await conn.fetchval("SELECT count(*) FROM cache_outbox WHERE key = $1", key)
+        return count
+    finally:
+        await conn.close()
+
+
+async def wait_for(predicate: object, *, timeout_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while loop.time() < end:
+        if predicate():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+async def test_writes_while_every_node_is_down_are_acknowledged_then_repaired(
+    healthy_stack: Stack,
+) -> None:
+    stack = healthy_stack
+    settings = settings_for(stack, outbox={"interval_s": 0.2, "grace_s": 0.5})
+    async with gateway_client(settings) as (client, gateway):
+        kept, deleted = new_key("kept"), new_key("deleted")
+        await client.put(f"/v1/keys/{kept}", content=b"before")
+        await client.put(f"/v1/keys/{deleted}", content=b"doomed")
+        assert isinstance(cached(stack, deleted), Entry)
+
+        for port in stack.redis_ports:
+            stack.kill_node(port)
+        put = await client.put(f"/v1/keys/{kept}", content=b"after")
+        assert put.status_code == 200
+        version = int(put.headers["etag"].strip('"'))
+        assert (await client.delete(f"/v1/keys/{deleted}")).status_code == 204
+        assert await outbox_rows(stack, kept) >= 1
+        # Reads are answered by the store meanwhile.
+        got = await client.get(f"/v1/keys/{kept}")
+        assert got.content == b"after"
+        assert got.headers["cache-status"] == "cachegw; fwd=miss"
+        assert (await client.get(f"/v1/keys/{deleted}")).status_code == 404
+
+        for port in stack.redis_ports:
+            stack.start_node(port)
+        await asyncio.to_thread(stack.wait_cluster_ok, 60)
+
+        def repaired() -> bool:
+            record = cached(stack, kept)
+            return isinstance(record, Entry) and record.version == version
+
+        await wait_for(repaired, timeout_s=20)
+        assert isinstance(cached(stack, deleted), Tombstone)
+        await wait_for(lambda: gateway.slots.map.covered() == 16384, timeout_s=20)
+        got = await client.get(f"/v1/keys/{kept}")
+        assert got.content == b"after"
+        assert got.headers["etag"] == f'"{version}"'
+        assert (await client.get(f"/v1/keys/{deleted}")).status_code == 404
+        await wait_for(lambda: True, timeout_s=1)
+        await gateway.outbox.flush_done()
+        assert await outbox_rows(stack, kept) == 0
+
+
+async def test_a_write_is_503_and_changes_nothing_when_postgres_is_down(
+    healthy_stack: Stack,
+) -> None:
+    stack = healthy_stack
+    async with gateway_client(settings_for(stack)) as (client, _):
+        key = new_key()
+        await client.put(f"/v1/keys/{key}", content=b"original")
+        stack.stop_postgres()
+        try:
+            response = await client.put(f"/v1/keys/{key}", content=b"changed")
+            assert response.status_code == 503
+            assert response.headers["retry-after"]
+            assert response.headers["content-type"] == "application/problem+json"
+            record = cached(stack, key)
+            assert isinstance(record, Entry)
+            assert record.value == b"original"
+            # A hit is still served; a miss cannot be told from an absence, so it is 503, not 404.
+            assert (await client.get(f"/v1/keys/{key}")).content == b"original"
+            assert (await client.get(f"/v1/keys/{new_key()}")).status_code == 503
+            assert (await client.get("/readyz")).status_code == 503
+        finally:
+            stack.start_postgres()
+        assert (await client.get(f"/v1/keys/{key}")).content == b"original"

@@ -1,0 +1,97 @@
+"""The gateway as ``make run`` serves it: uvicorn in its own process, over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from app.devstack import Stack, find_free_port
+from tests.integration.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def server(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = find_free_port()
+    env = {**os.environ, **stack.env(), "PORT": str(port)}
+    log_path = tmp_path_factory.mktemp("server") / "gateway.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the gateway did not become ready in 10 s")
+        assert proc.poll() is None, log_path.read_text()
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        log.close()
+
+
+def test_put_then_get_returns_identical_bytes_with_etag_and_cache_status(server: str) -> None:
+    payload = os.urandom(200_000) + bytes(range(256))
+    with httpx.Client(base_url=server, timeout=5) as http:
+        put = http.put("/v1/keys/somefile", content=payload, headers={"Content-Type": "image/png"})
+        assert put.status_code in (200, 201)
+        got = http.get("/v1/keys/somefile")
+        assert got.status_code == 200
+        assert got.content == payload
+        assert got.headers["etag"] == put.headers["etag"]
+        assert got.headers["cache-status"].startswith("cachegw;")
+        assert got.headers["content-type"] == "image/png"
+        assert http.delete("/v1/keys/somefile").status_code == 204
+
+
+def test_docs_and_schema_list_every_operation_with_its_errors(server: str) -> None:
+    with httpx.Client(base_url=server, timeout=5) as http:
+        docs = http.get("/docs")
+        assert docs.status_code == 200
+        assert "swagger" in docs.text.lower()
+        schema = http.get("/openapi.json").json()
+    operations = {
+        op["operationId"]: (path, method, op)
+        for path, item in schema["paths"].items()
+        for method, op in item.items()
+    }
+    assert {"getKey", "headKey", "putKey", "deleteKey", "invalidateKey", "livez", "readyz"} <= set(
+        operations
+    )
+    expected_errors = {
+        "getKey": {"400", "404", "422", "503"},
+        "putKey": {"400", "412", "413", "415", "422", "503"},
+        "deleteKey": {"400", "404", "412", "422", "503"},
+    }
+    for operation_id, statuses in expected_errors.items():
+        responses = operations[operation_id][2]["responses"]
+        assert statuses <= set(responses), (operation_id, set(responses))
+        for status in statuses:
+            content = responses[status]["content"]
+            assert list(content) == ["application/problem+json"], (operation_id, status)
+            assert content["application/problem+json"]["schema"]["$ref"].endswith("/Problem")
+    get_headers = operations["getKey"][2]["responses"]["200"]["headers"]
+    assert {"ETag", "Age", "Cache-Status", "Cache-Control"} <= set(get_headers)
+    put_body = operations["putKey"][2]["requestBody"]["content"]
+    assert put_body["*/*"]["schema"]["format"] == "binary"

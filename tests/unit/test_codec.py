@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from app.codec import Entry, Tombstone, decode, encode_entry, encode_tombstone, redis_key
+
+
+@pytest.mark.parametrize("value", [b"", bytes(range(256)), b"\n\n V 1 2 3\n", b"x" * 100_000])
+def test_entry_round_trip(value: bytes) -> None:
+    entry = Entry(
+        value=value,
+        content_type="text/plain; charset=utf-8",
+        version=41,
+        seq=42,
+        stored_at_ms=1_700_000_000_000,
+        expires_at_ms=1_700_000_060_000,
+    )
+    assert decode(encode_entry(entry)) == entry
+
+
+def test_entry_without_expiry_and_tombstone() -> None:
+    entry = Entry(value=b"v", content_type="a/b", version=1, seq=1, stored_at_ms=5)
+    assert decode(encode_entry(entry)) == entry
+    assert decode(encode_tombstone(99)) == Tombstone(99)
+
+
+def test_the_seq_is_within_the_bytes_the_lua_script_reads() -> None:
+    entry = Entry(value=b"v", content_type="a/b", version=2**53, seq=2**53, stored_at_ms=0)
+    head = encode_entry(entry)[:24].decode()
+    assert head.startswith(f"V {2**53} ")
+
+
+@pytest.mark.parametrize("raw", [b"", b"no header", b"X 1\n", b"V 1 2\nvalue"])
+def test_foreign_records_are_refused(raw: bytes) -> None:
+    with pytest.raises(ValueError, match=r"record|header"):
+        decode(raw)
+
+
+def test_expiry_helpers() -> None:
+    entry = Entry(
+        value=b"", content_type="a/b", version=1, seq=1, stored_at_ms=0, expires_at_ms=1000
+    )
+    assert entry.expired(1000)
+    assert not entry.expired(999)
+    assert entry.ttl_ms(400) == 600
+    assert Entry(value=b"", content_type="a/b", version=1, seq=1, stored_at_ms=0).ttl_ms(5) is None
+
+
+def test_redis_key_keeps_hash_tags_of_the_callers_key() -> None:
+    assert redis_key("cg", "default", "{user:1}:a") == b"cg:default:{user:1}:a"

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from app.api.http import (
+    cache_status,
+    content_type_of,
+    entry_headers,
+    key_from_raw_path,
+    read_limited,
+)
+from app.codec import Entry
+from app.errors import InvalidKeyError, UnsupportedMediaTypeError, ValueTooLargeError
+from app.router import ReadResult
+
+
+def key(raw: bytes) -> str:
+    return key_from_raw_path(b"/v1/keys/" + raw, max_bytes=512)
+
+
+def test_keys_are_percent_decoded_strictly() -> None:
+    assert key(b"user%3A42") == "user:42"
+    assert key(b"caf%C3%A9") == "café"
+    assert key(b"a/invalidate") == "a"
+    assert key(b"%7Btag%7D") == "{tag}"
+    assert key(b"a" * 512) == "a" * 512
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"a" * 513,
+        b"%00",
+        b"%0A",
+        b"a%2Fb",
+        b"%zz",
+        b"%C3%28",
+        b"%",
+        b"%7F",
+        b"%C2%85",
+        "é".encode() * 257,
+    ],
+)
+def test_bad_keys(raw: bytes) -> None:
+    with pytest.raises(InvalidKeyError):
+        key(raw)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, "application/octet-stream"),
+        ("", "application/octet-stream"),
+        ("text/plain", "text/plain"),
+        (" application/json; charset=utf-8 ", "application/json; charset=utf-8"),
+        ('multipart/form-data; boundary="a b"', 'multipart/form-data; boundary="a b"'),
+    ],
+)
+def test_content_types(header: str | None, expected: str) -> None:
+    assert content_type_of(header) == expected
+
+
+@pytest.mark.parametrize(
+    "header", ["text", "text/", "a b/c", "text/plain; x", "a/b\nc", "x/" + "y" * 300]
+)
+def test_bad_content_types(header: str) -> None:
+    with pytest.raises(UnsupportedMediaTypeError):
+        content_type_of(header)
+
+
+async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def test_read_limited() -> None:
+    assert await read_limited(chunks(b"ab", b"cd"), content_length=None, limit=4) == b"abcd"
+    with pytest.raises(ValueTooLargeError):
+        await read_limited(chunks(b"ab", b"cde"), content_length=None, limit=4)
+    with pytest.raises(ValueTooLargeError):
+        await read_limited(chunks(), content_length="5", limit=4)
+
+
+async def test_read_limited_stops_at_the_first_chunk_over_the_limit() -> None:
+    pulled = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        while True:
+            pulled += 1
+            yield b"x" * 1000
+
+    with pytest.raises(ValueTooLargeError):
+        await read_limited(endless(), content_length=None, limit=2500)
+    assert pulled == 3
+
+
+def test_headers_for_an_answer() -> None:
+    entry = Entry(
+        value=b"v", content_type="a/b", version=9, seq=9, stored_at_ms=1_000, expires_at_ms=61_500
+    )
+    headers = entry_headers(ReadResult(entry, "primary"), now_ms=4_000)
+    assert headers == {
+        "ETag": '"9"',
+        "Age": "3",
+        "Cache-Status": "cachegw; hit; detail=primary",
+        "Cache-Control": "max-age=57",
+    }
+    assert cache_status(ReadResult(entry, "store", filled=True)) == "cachegw; fwd=miss; stored"
+    assert cache_status(ReadResult(entry, "store")) == "cachegw; fwd=miss"

@@ -1,0 +1,70 @@
+"""Every error the gateway raises on purpose has a problem response; none leaks internals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app import errors
+from app.api.problems import PROBLEM_JSON, PROBLEM_TYPES, error_response
+
+CASES: list[tuple[Exception, int, str]] = [
+    (errors.InvalidKeyError("bad"), 422, "/problems/invalid-key"),
+    (errors.InvalidTtlError("bad"), 422, "/problems/invalid-ttl"),
+    (errors.InvalidPreconditionError("bad"), 400, "/problems/invalid-precondition"),
+    (errors.UnsupportedMediaTypeError("bad"), 415, "/problems/unsupported-media-type"),
+    (errors.ValueTooLargeError("big", limit_bytes=10), 413, "/problems/value-too-large"),
+    (errors.KeyNotFoundError("k"), 404, "/problems/key-not-found"),
+    (errors.StoreConflictError("no", current_version=7), 412, "/problems/precondition-failed"),
+    (errors.StoreUnavailableError("down"), 503, "/problems/store-unavailable"),
+    (errors.NoAnswerError("none", retry_after_s=2), 503, "/problems/no-answer"),
+    (errors.TierTimeoutError("slow", route="primary"), 503, "/problems/no-answer"),
+    (RuntimeError("secret internals"), 500, "/problems/internal-error"),
+]
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "type_uri"), CASES, ids=[type(c[0]).__name__ for c in CASES]
+)
+def test_error_responses(exc: Exception, status: int, type_uri: str) -> None:
+    response = error_response(exc, instance="/v1/keys/k")
+    assert response.status_code == status
+    assert response.media_type == PROBLEM_JSON
+    body = json.loads(bytes(response.body))
+    assert body["status"] == status
+    assert body["type"] == type_uri
+    assert body["title"]
+    assert body["instance"] == "/v1/keys/k"
+    assert "secret internals" not in body["detail"]
+    if status == 503:
+        assert response.headers["retry-after"]
+
+
+def test_a_failed_precondition_carries_the_current_etag() -> None:
+    response = error_response(errors.StoreConflictError("no", current_version=7))
+    assert response.headers["etag"] == '"7"'
+
+
+def test_every_gateway_error_class_has_a_mapping() -> None:
+    leaves = [
+        cls for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.CachegwError)
+        and not cls.__subclasses__() and cls is not errors.NodeBusyError
+    ]  # fmt: skip
+    for cls in leaves:
+        if cls in (errors.TierUnavailableError, errors.RedirectLoopError, errors.TierTimeoutError):
+            exc: Exception = cls("x", route="r")  # type: ignore[call-arg]
+        elif cls is errors.ValueTooLargeError:
+            exc = cls("x", limit_bytes=1)  # type: ignore[call-arg]
+        elif cls is errors.StoreConflictError:
+            exc = cls("x", current_version=None)  # type: ignore[call-arg]
+        else:
+            exc = cls("x")
+        assert error_response(exc).status_code != 500, cls
+
+
+def test_problem_types_have_explanations() -> None:
+    for kind in PROBLEM_TYPES.values():
+        assert kind.explanation
+        assert kind.uri == f"/problems/{kind.slug}"
