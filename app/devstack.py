@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import errno
 import fcntl
+import hashlib
 import math
 import os
 import pwd
@@ -75,6 +76,7 @@ _PORT_SEARCH_ATTEMPTS = 200
 _MAX_UNIX_SOCKET_PATH = 100  # sockaddr_un.sun_path is 108 bytes including the NUL
 _BAD_NODE_FLAGS = frozenset({"fail", "fail?", "handshake", "noaddr"})
 _DB_NAME_MAX = 63
+_PG_FALLBACK_BASE = Path("/var/tmp/cachegw-devstack")
 
 
 class StackError(Exception):
@@ -547,7 +549,28 @@ class Stack:
 
     @property
     def pg_dir(self) -> Path:
-        return self.root / "pg"
+        """``root/pg``; or, as root when the postgres user cannot enter the directories above
+        ``root`` (a checkout under a 0700 home or temp dir), a directory of its own under
+        ``/var/tmp/cachegw-devstack`` that ``root/pg`` links to."""
+        local = self.root / "pg"
+        if local.is_symlink():
+            return Path(os.readlink(local))
+        if not self._is_root or self._postgres_can_reach(self.root):
+            return local
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+        return _PG_FALLBACK_BASE / digest / "pg"
+
+    def _postgres_can_reach(self, path: Path) -> bool:
+        try:
+            entry = pwd.getpwnam("postgres")
+        except KeyError:
+            return True  # created later; the check in _prepare_pg_dirs reports what it finds
+        groups = set(os.getgrouplist("postgres", entry.pw_gid))
+        return all(
+            _can_traverse(parent.stat(), entry.pw_uid, groups)
+            for parent in reversed(path.parents)
+            if parent.exists()
+        )
 
     @property
     def pg_data(self) -> Path:
@@ -1189,7 +1212,16 @@ class Stack:
     def _prepare_pg_dirs(self) -> None:
         """Create root/pg; as root, hand it to the postgres user and make the path reachable."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self.pg_dir.mkdir(exist_ok=True)
+        pg_dir = self.pg_dir
+        if pg_dir != self.root / "pg":
+            pg_dir.parent.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            pg_dir.parent.mkdir(mode=0o755, exist_ok=True)
+            local = self.root / "pg"
+            if local.is_dir() and not local.is_symlink() and not any(local.iterdir()):
+                local.rmdir()  # left by an attempt that found the path unreachable
+            if not local.is_symlink():
+                local.symlink_to(pg_dir)
+        pg_dir.mkdir(exist_ok=True)
         if not self._is_root:
             return
         self._ensure_postgres_user()
@@ -1197,7 +1229,9 @@ class Stack:
         uid, gid = entry.pw_uid, entry.pw_gid
         groups = set(os.getgrouplist("postgres", gid))
         # The given root is the stack's to open up; its ancestors are not: report them.
-        for parent in reversed(self.root.parents):
+        for parent in reversed(
+            pg_dir.parent.parents if pg_dir != self.root / "pg" else self.root.parents
+        ):
             st = parent.stat()
             if not _can_traverse(st, uid, groups):
                 raise StackError(
@@ -1205,7 +1239,9 @@ class Stack:
                     f"{st.st_mode & 0o7777:04o}; choose a --dir under a directory others may "
                     f"enter, or allow it (chmod o+x {parent})"
                 )
-        for directory in (self.root, self.pg_dir):
+        for directory in (
+            (pg_dir.parent, pg_dir) if pg_dir != self.root / "pg" else (self.root, pg_dir)
+        ):
             st = directory.stat()
             if st.st_mode & 0o755 != 0o755:
                 directory.chmod((st.st_mode | 0o755) & 0o7777)
@@ -1425,13 +1461,18 @@ class Stack:
         """Delete what the stack wrote under root, then root when it is left empty."""
         for port in self._node_dirs_on_disk():
             shutil.rmtree(self.node_dir(port))
-        for path in (self.root / "redis", self.pg_dir):
+        pg_dir = self.pg_dir
+        for path in (self.root / "redis", pg_dir):
             if path.is_dir():
-                if path == self.pg_dir:
+                if path == pg_dir:
                     shutil.rmtree(path)
                 else:
                     with contextlib.suppress(OSError):
                         path.rmdir()
+        if (self.root / "pg").is_symlink():
+            (self.root / "pg").unlink()
+            with contextlib.suppress(OSError):
+                pg_dir.parent.rmdir()
         for name in ("env", ".lock"):
             with contextlib.suppress(FileNotFoundError):
                 (self.root / name).unlink()
