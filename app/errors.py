@@ -15,10 +15,12 @@ driver exceptions. ``app/api/problems.py`` is the one place that maps them to HT
      │   └─ StoreConflictError     a precondition (If-Match / If-None-Match) did not hold
      ├─ KeyNotFoundError           the authoritative store says the key is absent (or expired)
      ├─ NoAnswerError              no tier could answer within policy (deadline spent)
+     ├─ NotCachedError             only-if-cached, and no cache tier holds the key within policy
      └─ RequestError               the request itself is invalid; nothing was read or written
          ├─ InvalidKeyError
          ├─ InvalidTtlError
          ├─ InvalidPreconditionError
+         ├─ InvalidCacheControlError
          ├─ UnsupportedMediaTypeError
          └─ ValueTooLargeError
 """
@@ -85,6 +87,10 @@ class NoAnswerError(CachegwError):
         self.retry_after_s = retry_after_s
 
 
+class NotCachedError(CachegwError):
+    """Raised for ``Cache-Control: only-if-cached`` when no cache tier can answer."""
+
+
 class RequestError(CachegwError):
     """The request is invalid; nothing was read or written."""
 
@@ -99,6 +105,10 @@ class InvalidTtlError(RequestError):
 
 class InvalidPreconditionError(RequestError):
     """Raised for an If-Match / If-None-Match header that is not a valid entity-tag list."""
+
+
+class InvalidCacheControlError(RequestError):
+    """Raised for a Cache-Control request directive the gateway uses whose value is malformed."""
 
 
 class UnsupportedMediaTypeError(RequestError):

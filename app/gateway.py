@@ -6,11 +6,15 @@ import logging
 from dataclasses import dataclass
 
 from app.cluster.slot_router import SlotRouter
+from app.cluster.topology import TopologyWatcher
+from app.feed import FeedState, InvalidationFeed, VersionMap
 from app.outbox import Outbox
 from app.router import FallbackRouter
 from app.settings import Settings
 from app.store import Store
+from app.tiers.local import LocalTier
 from app.tiers.primary import PrimaryTier
+from app.tiers.replica import ReplicaTier
 
 log = logging.getLogger(__name__)
 
@@ -19,32 +23,68 @@ log = logging.getLogger(__name__)
 class Gateway:
     settings: Settings
     slots: SlotRouter
+    watcher: TopologyWatcher
     store: Store
+    local: LocalTier
+    feed: InvalidationFeed
     outbox: Outbox
     router: FallbackRouter
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
         slots = SlotRouter(settings.redis)
+        watcher = TopologyWatcher(slots, settings.topology)
         store = Store(settings.pg)
         primary = PrimaryTier(slots, settings.redis)
+        feed_state = FeedState()
+        local = LocalTier(settings.local, feed_state)
+        versions = VersionMap(
+            max_keys=settings.feed.versions_max_keys, ttl_s=settings.feed.versions_ttl_s
+        )
+        feed = InvalidationFeed(
+            store,
+            settings.feed,
+            versions=versions,
+            state=feed_state,
+            on_invalidate=local.invalidate,
+            catch_up_window_s=settings.outbox.retain_s,
+        )
         outbox = Outbox(store, primary, settings.outbox, key_prefix=settings.redis.key_prefix)
-        router = FallbackRouter(settings=settings, primary=primary, store=store, outbox=outbox)
-        return cls(settings=settings, slots=slots, store=store, outbox=outbox, router=router)
+        slots.avoid = watcher.partitioned
+        slots.on_primaries_changed = outbox.request_replay
+        router = FallbackRouter(
+            settings=settings,
+            primary=primary,
+            replica=ReplicaTier(slots, watcher),
+            local=local,
+            store=store,
+            outbox=outbox,
+            versions=versions,
+        )
+        return cls(
+            settings=settings, slots=slots, watcher=watcher, store=store, local=local,
+            feed=feed, outbox=outbox, router=router,
+        )  # fmt: skip
 
     async def start(self) -> None:
         """Connect what can be reached; an unreachable Redis or Postgres does not stop start-up."""
         await self.store.start()
         await self.slots.start()
+        await self.watcher.start()
+        await self.feed.start()
         await self.outbox.start()
         log.info(
-            "gateway started: %d of 16384 slots mapped, read deadline %d ms",
+            "gateway started: %d of 16384 slots mapped, feed %s, read deadline %d ms",
             self.slots.map.covered(),
+            "up" if self.feed.state.up else "down",
             self.settings.read_deadline_ms,
         )
 
     async def aclose(self) -> None:
         """Stop background work first, then close clients (redis-py's aclose is not terminal)."""
         await self.outbox.aclose()
+        await self.feed.aclose()
+        await self.watcher.aclose()
+        await self.router.drain()
         await self.slots.aclose()
         await self.store.aclose()

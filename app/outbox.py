@@ -20,18 +20,19 @@ from app.codec import Tombstone, redis_key
 from app.errors import StoreError, TierError
 from app.settings import OutboxSettings
 from app.store import OutboxRow, Store
-from app.tiers.base import CacheTier, KeyRef
+from app.tiers.base import KeyRef, WritableTier
 
 log = logging.getLogger(__name__)
 
 STORE_CALL_TIMEOUT_S = 2.0
 PURGE_EVERY_N_ROUNDS = 20
 PURGE_BATCH = 1000
+REPLAY_LIMIT = 100_000
 
 
 class Outbox:
     def __init__(
-        self, store: Store, cache: CacheTier, settings: OutboxSettings, *, key_prefix: str
+        self, store: Store, cache: WritableTier, settings: OutboxSettings, *, key_prefix: str
     ) -> None:
         self.store = store
         self.cache = cache
@@ -39,10 +40,19 @@ class Outbox:
         self.key_prefix = key_prefix
         self._done: list[int] = []
         self._task: asyncio.Task[None] | None = None
+        self._replay_requested = False
 
     def done(self, outbox_id: int) -> None:
-        """The row's update reached Redis; its deletion waits for the next batch."""
+        """The row's update reached Redis; it is marked applied in the next batch."""
         self._done.append(outbox_id)
+
+    def request_replay(self) -> None:
+        """Re-apply recent rows, applied or not, at the next round (after a Redis failover).
+
+        A promoted replica may lack the last writes its primary acknowledged (replication is
+        asynchronous); the rows retained for ``retain_s`` say which keys to bring up to date.
+        """
+        self._replay_requested = True
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -61,10 +71,18 @@ class Outbox:
         while True:
             try:
                 await self.flush_done()
+                if self._replay_requested:
+                    self._replay_requested = False
+                    await self.replay_recent()
                 await self.repair_once()
                 rounds += 1
                 if rounds % PURGE_EVERY_N_ROUNDS == 0:
                     await self.store.purge_expired(limit=PURGE_BATCH, deadline=self._deadline())
+                    await self.store.outbox_prune(
+                        retain_s=self.settings.retain_s,
+                        limit=PURGE_BATCH,
+                        deadline=self._deadline(),
+                    )
             except StoreError as exc:
                 log.warning("outbox round failed: %s", exc)
             except Exception:
@@ -107,6 +125,23 @@ class Outbox:
             applied.extend(ids)
         await self.store.outbox_done(applied, deadline=self._deadline())
         return len(applied)
+
+    async def replay_recent(self) -> int:
+        """Bring Redis up to the store's state for every key written in the last ``retain_s``."""
+        rows = await self.store.outbox_recent(
+            within_s=self.settings.retain_s, limit=REPLAY_LIMIT, deadline=self._deadline()
+        )
+        replayed = 0
+        for row in rows:
+            try:
+                await self._repair_key(row.namespace, row.key, row.seq)
+            except (TierError, StoreError) as exc:
+                log.info("replay of a key failed, will retry: %s", exc)
+                self._replay_requested = True
+                continue
+            replayed += 1
+        log.warning("replayed %d recent writes into Redis after a topology change", replayed)
+        return replayed
 
     async def _repair_key(self, namespace: str, key: str, seq: int) -> None:
         ref = KeyRef(namespace, key, redis_key(self.key_prefix, namespace, key))

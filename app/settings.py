@@ -105,6 +105,50 @@ class OutboxSettings(BaseModel):
     )
     batch_size: int = Field(default=100, ge=1, le=10000)
     max_backoff_s: float = Field(default=30.0, gt=0, le=3600)
+    retain_s: float = Field(
+        default=120.0,
+        ge=0,
+        le=86400,
+        description="Applied rows are kept this long, to be replayed after a Redis failover "
+        "(which can lose the last writes a primary acknowledged) and to catch up the feed.",
+    )
+
+
+class StalenessSettings(BaseModel):
+    """How far behind the store a fallback tier's answer may be (DESIGN.md section 2, rule 4)."""
+
+    budget_s: float = Field(default=2.0, ge=0, le=3600, description="Default max-stale.")
+    max_stale_cap_s: float = Field(default=60.0, ge=0, le=86400)
+    stale_if_error_s: float = Field(
+        default=30.0, ge=0, le=86400, description="Default stale-if-error when the store fails."
+    )
+    stale_if_error_cap_s: float = Field(default=3600.0, ge=0, le=86400)
+
+
+class LocalSettings(BaseModel):
+    """The in-process LRU."""
+
+    max_entries: int = Field(default=10_000, ge=0, le=10_000_000)
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=16 * 1024**3)
+
+
+class FeedSettings(BaseModel):
+    """The invalidation feed (Postgres LISTEN/NOTIFY)."""
+
+    channel: str = Field(default="cachegw_invalidation", pattern=r"^[a-z_][a-z0-9_]*$")
+    check_interval_s: float = Field(default=1.0, gt=0, le=60)
+    versions_max_keys: int = Field(default=200_000, ge=1, le=10_000_000)
+    versions_ttl_s: float = Field(
+        default=120.0, gt=0, le=86400, description="How long the newest seq of a key is kept."
+    )
+
+
+class TopologySettings(BaseModel):
+    """The topology watcher: node roles and health, off the request path."""
+
+    interval_s: float = Field(default=1.0, gt=0, le=60)
+    timeout_s: float = Field(default=0.3, gt=0, le=10)
+    replica_max_lag_bytes: int = Field(default=1024 * 1024, ge=0)
 
 
 class Settings(BaseSettings):
@@ -119,7 +163,14 @@ class Settings(BaseSettings):
     pg: PostgresSettings = Field(default_factory=PostgresSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    staleness: StalenessSettings = Field(default_factory=StalenessSettings)
+    local: LocalSettings = Field(default_factory=LocalSettings)
+    feed: FeedSettings = Field(default_factory=FeedSettings)
+    topology: TopologySettings = Field(default_factory=TopologySettings)
     read_deadline_ms: int = Field(default=250, ge=1, le=60000)
+    read_retries: int = Field(default=3, ge=0, le=10, description="Retries of transient errors.")
+    retry_base_s: float = Field(default=0.004, gt=0, le=1)
+    retry_cap_s: float = Field(default=0.04, gt=0, le=5)
     write_deadline_ms: int = Field(default=2000, ge=1, le=60000)
     namespace: str = Field(
         default="default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +61,9 @@ cache_outbox = sa.Table(
         "next_attempt_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
     sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=True),
     sa.Index("cache_outbox_next_attempt_idx", "next_attempt_at"),
+    sa.Index("cache_outbox_created_at_idx", "created_at"),
 )
 
 version_sequence = sa.Sequence("entry_version_seq", metadata=metadata)
@@ -81,12 +84,23 @@ UPDATE cache_outbox o
        next_attempt_at = now() + least($3::float8, 0.25 * 2 ^ least(o.attempts, 20))
                                  * interval '1 second'
  WHERE o.id IN (SELECT id FROM cache_outbox
-                 WHERE next_attempt_at <= now()
+                 WHERE applied_at IS NULL AND next_attempt_at <= now()
                    AND created_at <= now() - $2::float8 * interval '1 second'
                  ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
 RETURNING o.id, o.namespace, o.key, o.seq
 """
-SQL_OUTBOX_DONE = "DELETE FROM cache_outbox WHERE id = ANY($1::bigint[])"
+SQL_OUTBOX_DONE = "UPDATE cache_outbox SET applied_at = now() WHERE id = ANY($1::bigint[])"
+SQL_OUTBOX_PRUNE = """
+DELETE FROM cache_outbox WHERE id = ANY (ARRAY(
+    SELECT id FROM cache_outbox WHERE applied_at < now() - $1::float8 * interval '1 second'
+     LIMIT $2))
+"""
+SQL_OUTBOX_RECENT = """
+SELECT DISTINCT ON (namespace, key) id, namespace, key, seq FROM cache_outbox
+ WHERE created_at >= now() - $1::float8 * interval '1 second'
+ ORDER BY namespace, key, seq DESC
+ LIMIT $2
+"""
 SQL_OUTBOX_FAILED = "UPDATE cache_outbox SET last_error = $2 WHERE id = ANY($1::bigint[])"
 SQL_PURGE_EXPIRED = """
 DELETE FROM entries WHERE ctid = ANY (ARRAY(
@@ -175,6 +189,27 @@ class Store:
     async def ping(self, *, deadline: float) -> None:
         await self._run("ping", "fetchval", "SELECT 1", deadline=deadline)
 
+    async def listen(
+        self,
+        channel: str,
+        *,
+        on_message: Callable[[str], None],
+        on_lost: Callable[[], None],
+        deadline: float,
+    ) -> Listener:
+        """Open a connection that LISTENs on ``channel``; ``on_lost`` runs if it terminates."""
+        dsn = self.settings.dsn.get_secret_value()
+        try:
+            async with asyncio.timeout_at(deadline):
+                conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(dsn)
+                await conn.add_listener(channel, lambda _c, _pid, _ch, payload: on_message(payload))
+        except asyncio.CancelledError:
+            raise
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise StoreUnavailableError(f"listen: {type(exc).__name__}") from exc
+        conn.add_termination_listener(lambda _c: on_lost())
+        return Listener(conn)
+
     async def get(self, namespace: str, key: str, *, deadline: float) -> Entry | None:
         row = await self._run("get", "fetchrow", SQL_GET, namespace, key, deadline=deadline)
         if row is None:
@@ -253,6 +288,22 @@ class Store:
         if ids:
             await self._run("outbox_done", "execute", SQL_OUTBOX_DONE, ids, deadline=deadline)
 
+    async def outbox_prune(self, *, retain_s: float, limit: int, deadline: float) -> int:
+        """Forget applied rows older than ``retain_s``; how many were deleted."""
+        status: str = await self._run(
+            "outbox_prune", "execute", SQL_OUTBOX_PRUNE, retain_s, limit, deadline=deadline
+        )
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def outbox_recent(
+        self, *, within_s: float, limit: int, deadline: float
+    ) -> list[OutboxRow]:
+        """The newest row per key among rows written in the last ``within_s`` (applied or not)."""
+        rows = await self._run(
+            "outbox_recent", "fetch", SQL_OUTBOX_RECENT, within_s, limit, deadline=deadline
+        )
+        return [OutboxRow(id=r[0], namespace=r[1], key=r[2], seq=r[3]) for r in rows]
+
     async def outbox_failed(self, ids: list[int], error: str, *, deadline: float) -> None:
         if ids:
             await self._run(
@@ -264,6 +315,33 @@ class Store:
             "purge", "execute", SQL_PURGE_EXPIRED, limit, deadline=deadline
         )
         return int(status.rsplit(" ", 1)[-1])
+
+
+class Listener:
+    """A connection of its own that LISTENs on one channel; made by ``Store.listen``."""
+
+    def __init__(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
+        self._conn = conn
+
+    @property
+    def alive(self) -> bool:
+        return not self._conn.is_closed()
+
+    async def ping(self, *, deadline: float) -> None:
+        """A round trip on the listening connection: the only way to notice it died quietly."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._conn.fetchval("SELECT 1")
+        except asyncio.CancelledError:
+            raise
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise StoreUnavailableError(f"listener: {type(exc).__name__}") from exc
+
+    async def aclose(self) -> None:
+        try:
+            await asyncio.wait_for(self._conn.close(), timeout=2)
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            self._conn.terminate()
 
 
 def _removed(row: Any) -> RemoveResult | None:

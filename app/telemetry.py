@@ -50,3 +50,11 @@ CACHE_UPDATES = Counter(
 OUTBOX_REPAIRS = Counter(
     "cachegw_outbox_repairs_total", "Outbox rows the repairer applied or failed", ["result"]
 )
+FEED_LAG = Histogram(
+    "cachegw_invalidation_feed_lag_seconds",
+    "From a write's commit (its NOTIFY) to this process receiving it",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+FEED_UP = Gauge("cachegw_invalidation_feed_up", "1 while this process receives the feed")
+LOCAL_ENTRIES = Gauge("cachegw_local_entries", "Entries in this process's local tier")
+LOCAL_BYTES = Gauge("cachegw_local_bytes", "Approximate bytes held by this process's local tier")

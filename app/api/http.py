@@ -5,14 +5,21 @@ Nothing here depends on FastAPI, so the lean GET path can use the same functions
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import AsyncIterator
 from urllib.parse import unquote_to_bytes
 
 from app.api.conditional import etag
 from app.codec import Entry
-from app.errors import InvalidKeyError, UnsupportedMediaTypeError, ValueTooLargeError
-from app.router import ReadResult
+from app.errors import (
+    InvalidCacheControlError,
+    InvalidKeyError,
+    UnsupportedMediaTypeError,
+    ValueTooLargeError,
+)
+from app.router import ReadPolicy, ReadResult
+from app.settings import StalenessSettings
 
 KEYS_PREFIX = b"/v1/keys/"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -25,6 +32,57 @@ _MEDIA_TYPE = re.compile(
     rf"(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|\"(?:[^\"\\\x00-\x08\x0a-\x1f\x7f]|\\.)*\"))*$"
 )
 _FORBIDDEN_IN_KEY = re.compile(r"[\x00-\x1f\x7f-\x9f/]")
+
+
+_DIRECTIVE = re.compile(
+    r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^,\s]*))?\s*(?:,|$)'
+)
+
+
+def read_policy(
+    header: str | None, *, staleness: StalenessSettings, default: ReadPolicy
+) -> ReadPolicy:
+    """The request's Cache-Control directives as a read policy (RFC 9111 section 5.2.1, 5861).
+
+    ``max-stale[=N]`` and ``stale-if-error=N`` are capped by the server; ``no-cache`` and
+    ``max-age=0`` read the store; ``only-if-cached`` never does. Unknown directives are ignored,
+    as RFC 9111 asks; a known one with a malformed number is refused.
+    """
+    if not header or not header.strip():
+        return default
+    max_stale, stale_if_error = default.max_stale_s, default.stale_if_error_s
+    no_cache = only_if_cached = False
+    position, text = 0, header.strip()
+    while position < len(text):
+        match = _DIRECTIVE.match(text, position)
+        if match is None or match.end() == position:
+            raise InvalidCacheControlError("Cache-Control is not a list of directives")
+        position = match.end()
+        name, raw = match.group(1).lower(), match.group(2)
+        value = raw.strip('"') if raw is not None else None
+        if name == "max-stale":
+            max_stale = staleness.max_stale_cap_s if value is None else _seconds(name, value)
+            max_stale = min(max_stale, staleness.max_stale_cap_s)
+        elif name == "stale-if-error":
+            stale_if_error = min(_seconds(name, value), staleness.stale_if_error_cap_s)
+        elif name == "no-cache":
+            no_cache = True
+        elif name == "max-age":
+            no_cache = no_cache or _seconds(name, value) == 0
+        elif name == "only-if-cached":
+            only_if_cached = True
+    return ReadPolicy(
+        max_stale_s=max_stale,
+        stale_if_error_s=stale_if_error,
+        no_cache=no_cache,
+        only_if_cached=only_if_cached,
+    )
+
+
+def _seconds(name: str, value: str | None) -> float:
+    if value is None or not value.isdigit() or len(value) > 10:
+        raise InvalidCacheControlError(f"Cache-Control {name} needs a number of seconds")
+    return float(value)
 
 
 def key_from_raw_path(raw_path: bytes, *, max_bytes: int) -> str:
@@ -90,17 +148,32 @@ async def read_limited(
 
 
 def cache_status(result: ReadResult) -> str:
-    """RFC 9211 Cache-Status for an answer."""
+    """RFC 9211 Cache-Status: which tier answered, and whether the answer is past freshness."""
+    if result.store_failed:
+        return f"{CACHE_NAME}; fwd=stale; fwd-status=503; detail={result.tier}"
     if result.tier == "store":
-        return f"{CACHE_NAME}; fwd=miss; stored" if result.filled else f"{CACHE_NAME}; fwd=miss"
+        forward = "request" if result.revalidated else "miss"
+        return (
+            f"{CACHE_NAME}; fwd={forward}; stored"
+            if result.filled
+            else f"{CACHE_NAME}; fwd={forward}"
+        )
+    if result.stale_s > 0:
+        return f"{CACHE_NAME}; fwd=stale; detail={result.tier}"
     return f"{CACHE_NAME}; hit; detail={result.tier}"
+
+
+def age_s(result: ReadResult, now_ms: int) -> int:
+    """Seconds since the copy last matched the store; never less than how far behind it may be."""
+    since_stored = max(0, now_ms - result.entry.stored_at_ms) // 1000
+    return max(since_stored, math.ceil(result.stale_s))
 
 
 def entry_headers(result: ReadResult, now_ms: int) -> dict[str, str]:
     entry: Entry = result.entry
     headers = {
         "ETag": etag(entry.version),
-        "Age": str(max(0, (now_ms - entry.stored_at_ms) // 1000)),
+        "Age": str(age_s(result, now_ms)),
         "Cache-Status": cache_status(result),
     }
     remaining_ms = entry.ttl_ms(now_ms)

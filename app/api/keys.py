@@ -18,6 +18,7 @@ from app.api.http import (
     entry_headers,
     key_from_raw_path,
     read_limited,
+    read_policy,
 )
 from app.errors import InvalidPreconditionError, InvalidTtlError
 from app.gateway import Gateway
@@ -36,6 +37,15 @@ KeyParam = Annotated[
 IfNoneMatch = Annotated[
     str | None,
     Header(description='`*` or entity-tags such as `"17"`: answer 304 when one matches.'),
+]
+CacheControl = Annotated[
+    str | None,
+    Header(
+        description="`max-stale=N` / `stale-if-error=N`: how stale a fallback tier's answer may be "
+        "(capped by the server); `no-cache`: read the store and refresh the caches; "
+        "`only-if-cached`: never read the store (504 when no cache tier has the key).",
+        examples=["max-stale=5, stale-if-error=60"],
+    ),
 ]
 
 
@@ -60,7 +70,12 @@ async def _read(request: Request, if_none_match: str | None, *, head: bool) -> R
     gateway = gateway_of(request)
     key = _key(request, gateway)
     tags = None if if_none_match is None else parse_tag_list(if_none_match, name="If-None-Match")
-    result = await gateway.router.get(gateway.router.ref(gateway.settings.namespace, key))
+    policy = read_policy(
+        request.headers.get("cache-control"),
+        staleness=gateway.settings.staleness,
+        default=gateway.router.default_policy,
+    )
+    result = await gateway.router.get(gateway.router.ref(gateway.settings.namespace, key), policy)
     headers = entry_headers(result, now_ms())
     if tags is not None and none_match(tags, result.entry.version):
         return Response(status_code=304, headers=headers)
@@ -87,10 +102,11 @@ READ_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "The client's copy (If-None-Match) is current.",
         "headers": {"ETag": schemas.ETAG},
     },
-    400: schemas.BAD_PRECONDITION,
+    400: schemas.problem_response("A precondition or Cache-Control header is malformed."),
     404: schemas.NOT_FOUND,
     422: schemas.VALIDATION,
     503: schemas.UNAVAILABLE,
+    504: schemas.problem_response("only-if-cached, and no cache tier holds the key."),
 }
 
 
@@ -101,7 +117,12 @@ READ_RESPONSES: dict[int | str, dict[str, Any]] = {
     response_class=Response,
     responses=READ_RESPONSES,
 )
-async def get_key(request: Request, key: KeyParam, if_none_match: IfNoneMatch = None) -> Response:
+async def get_key(
+    request: Request,
+    key: KeyParam,
+    if_none_match: IfNoneMatch = None,
+    cache_control: CacheControl = None,
+) -> Response:
     """Answer from the fastest tier that can answer correctly; `Cache-Status` says which."""
     return await _read(request, if_none_match, head=False)
 
@@ -113,7 +134,12 @@ async def get_key(request: Request, key: KeyParam, if_none_match: IfNoneMatch = 
     response_class=Response,
     responses=READ_RESPONSES,
 )
-async def head_key(request: Request, key: KeyParam, if_none_match: IfNoneMatch = None) -> Response:
+async def head_key(
+    request: Request,
+    key: KeyParam,
+    if_none_match: IfNoneMatch = None,
+    cache_control: CacheControl = None,
+) -> Response:
     """As GET, without the body."""
     return await _read(request, if_none_match, head=True)
 

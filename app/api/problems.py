@@ -18,11 +18,13 @@ from starlette.responses import Response
 
 from app.errors import (
     CachegwError,
+    InvalidCacheControlError,
     InvalidKeyError,
     InvalidPreconditionError,
     InvalidTtlError,
     KeyNotFoundError,
     NoAnswerError,
+    NotCachedError,
     StoreConflictError,
     StoreUnavailableError,
     TierError,
@@ -59,6 +61,8 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
                     "A parameter or header failed validation; see errors for each one."),
         ProblemType("invalid-precondition", 400, "Invalid precondition header",
                     "If-Match / If-None-Match must be * or a list of entity-tags such as \"42\"."),
+        ProblemType("invalid-cache-control", 400, "Invalid Cache-Control",
+                    "max-stale, stale-if-error and max-age take a whole number of seconds."),
         ProblemType("unsupported-media-type", 415, "Unsupported media type",
                     "Content-Type must be a media type such as application/json."),
         ProblemType("value-too-large", 413, "Value too large",
@@ -70,6 +74,8 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         ProblemType("store-unavailable", 503, "Store unavailable",
                     "The authoritative store could not answer or commit; nothing was changed. "
                     "Retry after the time in Retry-After."),
+        ProblemType("not-cached", 504, "Not cached",
+                    "only-if-cached was asked and no cache tier holds the key within policy."),
         ProblemType("no-answer", 503, "No tier could answer",
                     "No cache tier could answer within policy and the store could not either."),
         ProblemType("internal-error", 500, "Internal error",
@@ -125,6 +131,8 @@ def error_response(exc: Exception, *, instance: str | None = None) -> Response:
             return typed_problem("invalid-ttl", str(exc), instance=instance)
         case InvalidPreconditionError():
             return typed_problem("invalid-precondition", str(exc), instance=instance)
+        case InvalidCacheControlError():
+            return typed_problem("invalid-cache-control", str(exc), instance=instance)
         case UnsupportedMediaTypeError():
             return typed_problem("unsupported-media-type", str(exc), instance=instance)
         case ValueTooLargeError():
@@ -143,6 +151,8 @@ def error_response(exc: Exception, *, instance: str | None = None) -> Response:
             return typed_problem(
                 "store-unavailable", str(exc), instance=instance, headers={"Retry-After": "1"}
             )
+        case NotCachedError():
+            return typed_problem("not-cached", str(exc), instance=instance)
         case NoAnswerError():
             return typed_problem(
                 "no-answer", str(exc), instance=instance,

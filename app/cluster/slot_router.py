@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import replace
 
 from redis import exceptions as rex
@@ -43,6 +44,10 @@ class SlotRouter:
         self._refresh_task: asyncio.Task[bool] | None = None
         self._periodic_task: asyncio.Task[None] | None = None
         self._last_refresh_at = -1e9
+        # Hooks set by the gateway: nodes to send nothing to (a minority partition, later an
+        # open breaker), and what to do when the set of primaries changes (a failover).
+        self.avoid: Callable[[Address], bool] = lambda address: False
+        self.on_primaries_changed: Callable[[], None] = lambda: None
         self._options = NodeOptions(
             connect_timeout_s=settings.connect_timeout_s,
             socket_timeout_s=settings.socket_timeout_s,
@@ -107,6 +112,10 @@ class SlotRouter:
         asking = False
         loop = asyncio.get_running_loop()
         for _ in range(self.settings.max_redirects + 1):
+            if self.avoid(address):
+                raise TierUnavailableError(
+                    f"primary {format_address(address)} is avoided", route="primary"
+                )
             client = self.node(address)
             if asking:
                 replies = await client.call((b"ASKING",), args, deadline=deadline)
@@ -171,6 +180,7 @@ class SlotRouter:
         telemetry.TOPOLOGY_REFRESHES.labels(trigger=reason).inc()
         candidates = self.known_nodes()
         random.shuffle(candidates)
+        candidates.sort(key=self.avoid)  # healthy nodes first, in random order
         for address in candidates:
             deadline = (
                 loop.time() + self.settings.connect_timeout_s + self.settings.socket_timeout_s
@@ -185,7 +195,12 @@ class SlotRouter:
                 continue
             if not shards:
                 continue
+            before = {shard.primary for shard in self.map.shards()}
             self.map = SlotMap.from_shards(shards, epoch=self.map.epoch + 1)
+            after = {shard.primary for shard in self.map.shards()}
+            if before and after - before:
+                log.warning("primaries changed: %s", sorted(map(format_address, after - before)))
+                self.on_primaries_changed()
             self._prune_clients()
             telemetry.SLOTS_MAPPED.set(self.map.covered())
             return True

@@ -1,4 +1,4 @@
-"""The protocol every cache tier follows, and the reference to a key that tiers share."""
+"""The protocol every cache tier follows, and what tiers share: the key reference and a copy."""
 
 from __future__ import annotations
 
@@ -17,19 +17,41 @@ class KeyRef:
     rkey: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """What a tier holds for a key, and how long it may have been missing updates.
+
+    ``record`` is an ``Entry``, a ``Tombstone`` (deleted or invalidated at that seq), or ``None``
+    (nothing there). ``behind_s`` is 0 for a tier that is kept in step with the store (the
+    primary, or the local tier while the invalidation feed is up); for a replica it is how long
+    its link to the primary has been down or lagging.
+    """
+
+    record: Entry | Tombstone | None
+    behind_s: float = 0.0
+
+
+MISS = Copy(None)
+
+
 class CacheTier(Protocol):
     """A cache in front of the store.
 
-    ``get`` answers what the tier holds: an ``Entry``, a ``Tombstone`` (deleted or invalidated
-    at that seq), or ``None`` (nothing). It raises a ``TierError`` when the tier cannot answer
-    by ``deadline`` (event-loop time); it never returns ``None`` for an outage.
-
-    ``put`` stores an entry or a tombstone only if the tier holds nothing with the same or a
-    newer seq; it returns whether it wrote, and raises ``TierError`` like ``get``.
+    ``get`` answers what the tier holds for ``ref`` as a ``Copy``. It raises a ``TierError`` when
+    the tier cannot answer by ``deadline`` (event-loop time); it never reports an outage as a miss.
     """
 
     name: str
 
-    async def get(self, ref: KeyRef, *, deadline: float) -> Entry | Tombstone | None: ...
+    async def get(self, ref: KeyRef, *, deadline: float) -> Copy: ...
+
+
+class WritableTier(CacheTier, Protocol):
+    """A tier the router writes through.
+
+    ``put`` stores an entry or a tombstone only if the tier holds nothing with a newer seq (an
+    entry may replace a tombstone of the same seq); it returns whether it wrote, and raises a
+    ``TierError`` like ``get``.
+    """
 
     async def put(self, ref: KeyRef, record: Entry | Tombstone, *, deadline: float) -> bool: ...

@@ -13,6 +13,8 @@ import pytest
 
 from app.codec import Entry, Tombstone
 from app.devstack import Stack
+from app.gateway import Gateway
+from tests.integration.conftest import gateway_client, settings_for
 from tests.integration.redis_direct import cached, drop
 
 MiB = 1024 * 1024
@@ -194,19 +196,28 @@ async def test_head_has_the_headers_and_no_body(client: httpx.AsyncClient) -> No
     assert (await client.head(f"/v1/keys/{new_key()}")).status_code == 404
 
 
-async def test_cache_status_names_the_tier(client: httpx.AsyncClient, stack: Stack) -> None:
+async def test_cache_status_names_the_tier(
+    gw: tuple[httpx.AsyncClient, Gateway], stack: Stack
+) -> None:
+    client, gateway = gw
     key = new_key()
     await client.put(f"/v1/keys/{key}", content=b"v")
-    assert (await client.get(f"/v1/keys/{key}")).headers[
-        "cache-status"
-    ] == "cachegw; hit; detail=primary"
+    status = (await client.get(f"/v1/keys/{key}")).headers["cache-status"]
+    assert status == "cachegw; hit; detail=primary"
     drop(stack, key)
-    miss = await client.get(f"/v1/keys/{key}")
-    assert miss.headers["cache-status"] == "cachegw; fwd=miss; stored"
-    assert miss.headers["age"] == "0"
-    assert (await client.get(f"/v1/keys/{key}")).headers[
-        "cache-status"
-    ] == "cachegw; hit; detail=primary"
+    # Redis lost it; this process's local copy is current (the feed is up) and answers.
+    status = (await client.get(f"/v1/keys/{key}")).headers["cache-status"]
+    assert status == "cachegw; hit; detail=local"
+    revalidated = await client.get(f"/v1/keys/{key}", headers={"Cache-Control": "no-cache"})
+    assert revalidated.headers["cache-status"] == "cachegw; fwd=request"
+    assert revalidated.headers["age"] == "0"
+    await gateway.router.drain()  # the background fill that no-cache started
+    drop(stack, key)
+    async with gateway_client(settings_for(stack)) as (other, _):  # a process with no local copy
+        miss = await other.get(f"/v1/keys/{key}")
+        assert miss.headers["cache-status"] == "cachegw; fwd=miss; stored"
+        status = (await other.get(f"/v1/keys/{key}")).headers["cache-status"]
+        assert status == "cachegw; hit; detail=primary"
 
 
 async def test_ttl_expires_and_is_validated(client: httpx.AsyncClient) -> None:

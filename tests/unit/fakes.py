@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.codec import Entry, Tombstone
-from app.errors import KeyNotFoundError, StoreUnavailableError
+from app.errors import StoreUnavailableError
 from app.store import RemoveResult, WriteResult
-from app.tiers.base import KeyRef
+from app.tiers.base import Copy, KeyRef
 
 Record = Entry | Tombstone | None
 
@@ -20,10 +20,12 @@ class FakeTier:
         self,
         name: str = "primary",
         *,
+        behind_s: float = 0.0,
         on_get: Callable[[KeyRef], Record] | None = None,
         on_put: Callable[[KeyRef, Entry | Tombstone], bool] | None = None,
     ) -> None:
         self.name = name
+        self.behind_s = behind_s
         self.data: dict[bytes, Entry | Tombstone] = {}
         self.on_get = on_get or (lambda ref: self.data.get(ref.rkey))
         self.on_put = on_put or self._put
@@ -37,9 +39,9 @@ class FakeTier:
         self.data[ref.rkey] = record
         return True
 
-    async def get(self, ref: KeyRef, *, deadline: float) -> Record:
+    async def get(self, ref: KeyRef, *, deadline: float) -> Copy:
         self.gets += 1
-        return self.on_get(ref)
+        return Copy(self.on_get(ref), self.behind_s)
 
     async def put(self, ref: KeyRef, record: Entry | Tombstone, *, deadline: float) -> bool:
         self.puts.append(record)
@@ -50,7 +52,7 @@ class FakeTier:
 class FakeStore:
     rows: dict[str, Entry] = field(default_factory=dict)
     down: bool = False
-    seq: int = 0
+    seq: int = 100
     gets: int = 0
 
     def _check(self) -> None:
@@ -77,6 +79,15 @@ class FakeStore:
         self.seq += 1
         return RemoveResult(old.version, self.seq, self.seq)
 
+    async def invalidate(self, namespace: str, key: str, **kw: object) -> RemoveResult | None:
+        self._check()
+        if key not in self.rows:
+            return None
+        self.seq += 1
+        old = self.rows[key]
+        self.rows[key] = Entry(old.value, old.content_type, old.version, self.seq, 0)
+        return RemoveResult(old.version, self.seq, self.seq)
+
 
 class FakeOutbox:
     def __init__(self) -> None:
@@ -86,8 +97,13 @@ class FakeOutbox:
         self.done_ids.append(outbox_id)
 
 
-def entry(value: bytes = b"v", version: int = 1, **kw: object) -> Entry:
-    return Entry(value, "a/b", version, version, stored_at_ms=0, **kw)  # type: ignore[arg-type]
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
-__all__ = ["FakeOutbox", "FakeStore", "FakeTier", "KeyNotFoundError", "entry"]
+def entry(value: bytes = b"v", seq: int = 1, **kw: object) -> Entry:
+    return Entry(value, "a/b", seq, seq, stored_at_ms=0, **kw)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""The fallback router with scriptable fake tiers (no network, no patching)."""
+"""The fallback router, row by row of DESIGN.md's read-path table, with scriptable fake tiers."""
 
 from __future__ import annotations
 
@@ -7,22 +7,50 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from app.codec import Tombstone
+from app.codec import Entry, Tombstone
 from app.errors import (
     KeyNotFoundError,
+    NotCachedError,
+    RedirectLoopError,
     StoreUnavailableError,
     TierTimeoutError,
     TierUnavailableError,
 )
-from app.router import FallbackRouter
-from app.settings import Settings
-from tests.unit.fakes import FakeOutbox, FakeStore, FakeTier, entry
+from app.feed import FeedState, VersionMap
+from app.router import FallbackRouter, ReadPolicy
+from app.settings import LocalSettings, Settings
+from app.tiers.local import LocalTier
+from tests.unit.fakes import FakeClock, FakeOutbox, FakeStore, FakeTier, entry
+
+DEFAULT = ReadPolicy(max_stale_s=2.0, stale_if_error_s=30.0)
 
 
-def make(primary: FakeTier, store: FakeStore) -> tuple[FallbackRouter, FakeOutbox]:
-    outbox = FakeOutbox()
-    router = FallbackRouter(settings=Settings(), primary=primary, store=store, outbox=outbox)  # type: ignore[arg-type]
-    return router, outbox
+class Rig:
+    """A router over fake primary and replica tiers, a fake store and a real local tier."""
+
+    def __init__(self, *, store: FakeStore | None = None, replica_behind_s: float = 0.0) -> None:
+        self.clock = FakeClock()
+        self.primary = FakeTier("primary")
+        self.replica = FakeTier("replica", behind_s=replica_behind_s)
+        self.store = store or FakeStore()
+        self.outbox = FakeOutbox()
+        self.feed = FeedState(clock=self.clock)
+        self.feed.restored(caught_up=True)
+        self.local = LocalTier(LocalSettings(), self.feed, clock=self.clock)
+        self.versions = VersionMap(max_keys=100, ttl_s=60, clock=self.clock)
+        self.router = FallbackRouter(
+            settings=Settings(),
+            primary=self.primary,
+            replica=self.replica,
+            local=self.local,
+            store=self.store,  # type: ignore[arg-type]
+            outbox=self.outbox,
+            versions=self.versions,
+        )
+        self.ref = self.router.ref("default", "k")
+
+    def primary_fails(self, exc: Exception | None = None) -> None:
+        self.primary.on_get = fails(exc or TierUnavailableError("refused", route="primary"))
 
 
 def count(status: str) -> float:
@@ -39,97 +67,222 @@ def fails(exc: Exception) -> Any:
     return raise_
 
 
-async def test_a_primary_hit_does_not_touch_the_store() -> None:
-    primary, store = FakeTier(), FakeStore()
-    router, _ = make(primary, store)
-    ref = router.ref("default", "k")
-    primary.data[ref.rkey] = entry(b"cached")
+async def test_a_primary_hit_is_served_and_kept_locally() -> None:
+    rig = Rig()
+    rig.primary.data[rig.ref.rkey] = entry(b"cached")
     before = count("primary_hit")
-    result = await router.get(ref)
-    assert (result.entry.value, result.tier) == (b"cached", "primary")
-    assert store.gets == 0
+    result = await rig.router.get(rig.ref)
+    assert (result.entry.value, result.tier, result.stale_s) == (b"cached", "primary", 0.0)
+    assert rig.store.gets == 0
     assert count("primary_hit") == before + 1
+    assert rig.local.lookup(rig.ref).record == entry(b"cached")
 
 
-async def test_a_primary_miss_reads_the_store_and_fills_redis() -> None:
-    primary, store = FakeTier(), FakeStore(rows={"k": entry(b"stored", 5)})
-    router, _ = make(primary, store)
-    ref = router.ref("default", "k")
-    result = await router.get(ref)
+async def test_a_primary_miss_reads_the_store_and_fills_redis_and_local() -> None:
+    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 5)}))
+    result = await rig.router.get(rig.ref)
     assert (result.entry.value, result.tier, result.filled) == (b"stored", "store", True)
-    assert primary.data[ref.rkey] == entry(b"stored", 5)
+    assert rig.primary.data[rig.ref.rkey] == entry(b"stored", 5)
+    assert rig.local.lookup(rig.ref).record == entry(b"stored", 5)
 
 
-async def test_a_tombstone_or_expired_entry_is_a_miss_not_an_answer() -> None:
-    primary, store = FakeTier(), FakeStore(rows={"k": entry(b"new", 9)})
-    router, _ = make(primary, store)
-    ref = router.ref("default", "k")
-    primary.data[ref.rkey] = Tombstone(8)
-    assert (await router.get(ref)).entry.value == b"new"
-    primary.data[ref.rkey] = entry(b"old", 3, expires_at_ms=1)
-    assert (await router.get(ref)).tier == "store"
+async def test_a_primary_miss_is_answered_by_a_current_local_copy_and_redis_is_refilled() -> None:
+    rig = Rig()
+    rig.local.store(rig.ref, entry(b"local", 3))
+    before = count("local_hit")
+    result = await rig.router.get(rig.ref)
+    assert (result.entry.value, result.tier) == (b"local", "local")
+    assert count("local_hit") == before + 1
+    await rig.router.drain()
+    assert rig.primary.data[rig.ref.rkey] == entry(b"local", 3)
+    assert rig.store.gets == 0
 
 
-async def test_a_cache_miss_is_never_a_404_unless_the_store_says_so() -> None:
-    primary, store = FakeTier(), FakeStore()
-    router, _ = make(primary, store)
-    with pytest.raises(KeyNotFoundError):
-        await router.get(router.ref("default", "absent"))
-    store.down = True
-    with pytest.raises(StoreUnavailableError):
-        await router.get(router.ref("default", "absent"))
+async def test_a_tombstone_or_expired_entry_on_the_primary_is_a_miss() -> None:
+    rig = Rig(store=FakeStore(rows={"k": entry(b"new", 9)}))
+    rig.primary.data[rig.ref.rkey] = Tombstone(8)
+    assert (await rig.router.get(rig.ref)).entry.value == b"new"
+    rig.primary.data[rig.ref.rkey] = entry(b"old", 3, expires_at_ms=1)
+    rig.local.drop("default", "k")
+    assert (await rig.router.get(rig.ref)).tier == "store"
 
 
 @pytest.mark.parametrize(
     "exc", [TierTimeoutError("t", route="p"), TierUnavailableError("u", route="p")]
 )
-async def test_a_failed_primary_falls_back_to_the_store_without_filling(exc: Exception) -> None:
-    primary = FakeTier(on_get=fails(exc))
-    store = FakeStore(rows={"k": entry(b"stored")})
-    router, _ = make(primary, store)
-    before = count("primary_failover")
-    result = await router.get(router.ref("default", "k"))
+async def test_a_failed_primary_is_answered_by_the_replica_within_budget(exc: Exception) -> None:
+    rig = Rig(replica_behind_s=1.5)
+    rig.primary_fails(exc)
+    rig.replica.data[rig.ref.rkey] = entry(b"replica", 4)
+    before = (count("primary_failover"), count("replica_hit"))
+    result = await rig.router.get(rig.ref)
+    assert (result.entry.value, result.tier, result.stale_s) == (b"replica", "replica", 1.5)
+    assert (count("primary_failover"), count("replica_hit")) == (before[0] + 1, before[1] + 1)
+    assert rig.primary.puts == []
+
+
+async def test_a_replica_behind_the_budget_gives_way_to_a_current_local_copy() -> None:
+    rig = Rig(replica_behind_s=10.0)
+    rig.primary_fails()
+    rig.replica.data[rig.ref.rkey] = entry(b"replica", 4)
+    rig.local.store(rig.ref, entry(b"local", 4))
+    result = await rig.router.get(rig.ref)
+    assert (result.entry.value, result.tier) == (b"local", "local")
+
+
+async def test_max_stale_widens_what_a_replica_may_serve() -> None:
+    rig = Rig(replica_behind_s=10.0, store=FakeStore(rows={"k": entry(b"stored", 4)}))
+    rig.primary_fails()
+    rig.replica.data[rig.ref.rkey] = entry(b"replica", 4)
+    assert (await rig.router.get(rig.ref)).tier == "store"
+    wide = ReadPolicy(max_stale_s=20.0, stale_if_error_s=30.0)
+    result = await rig.router.get(rig.ref, wide)
+    assert (result.tier, result.stale_s) == ("replica", 10.0)
+
+
+async def test_a_replica_that_fails_falls_through_to_local_then_store() -> None:
+    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 4)}))
+    rig.primary_fails()
+    rig.replica.on_get = fails(TierUnavailableError("down", route="replica"))
+    result = await rig.router.get(rig.ref)
     assert result.tier == "store"
-    assert not result.filled
-    assert primary.puts == []
-    assert count("primary_failover") == before + 1
+    assert not result.filled  # nothing is sent to a primary that just failed
+    assert rig.primary.puts == []
 
 
-async def test_store_failure_after_primary_failure_counts_an_error() -> None:
-    primary = FakeTier(on_get=fails(TierUnavailableError("u", route="p")))
-    router, _ = make(primary, FakeStore(down=True))
+async def test_the_store_failing_too_serves_the_least_stale_copy_within_stale_if_error() -> None:
+    rig = Rig(replica_behind_s=20.0, store=FakeStore(down=True))
+    rig.primary_fails()
+    rig.replica.data[rig.ref.rkey] = entry(b"replica", 4)
     before = count("error")
-    with pytest.raises(StoreUnavailableError):
-        await router.get(router.ref("default", "k"))
+    result = await rig.router.get(rig.ref)
+    assert (result.entry.value, result.tier, result.store_failed) == (b"replica", "replica", True)
     assert count("error") == before + 1
+    with pytest.raises(StoreUnavailableError):
+        await rig.router.get(rig.ref, ReadPolicy(max_stale_s=2.0, stale_if_error_s=5.0))
 
 
-async def test_writes_commit_then_update_the_cache_and_mark_the_outbox_row() -> None:
-    primary, store = FakeTier(), FakeStore()
-    router, outbox = make(primary, store)
-    ref = router.ref("default", "k")
-    result = await router.put(ref, b"v1", content_type="a/b", ttl_s=None)
-    assert result.created
-    assert primary.data[ref.rkey].seq == result.version
-    assert outbox.done_ids == [result.outbox_id]
-    removed = await router.delete(ref)
-    assert primary.data[ref.rkey] == Tombstone(removed.seq)
+async def test_a_cache_miss_is_never_a_404_unless_the_store_says_so() -> None:
+    rig = Rig()
     with pytest.raises(KeyNotFoundError):
-        await router.delete(ref)
+        await rig.router.get(rig.ref)
+    rig.store.down = True
+    with pytest.raises(StoreUnavailableError):
+        await rig.router.get(rig.ref)
+
+
+async def test_no_tier_serves_a_seq_older_than_an_announced_one_whatever_the_policy() -> None:
+    rig = Rig(store=FakeStore(down=True))
+    rig.primary_fails()
+    rig.replica.data[rig.ref.rkey] = entry(b"old", 4)
+    rig.local.store(rig.ref, entry(b"old", 4))
+    rig.versions.note("default", "k", 5)  # e.g. an invalidate announced by the feed
+    anything = ReadPolicy(max_stale_s=1e9, stale_if_error_s=1e9)
+    with pytest.raises(StoreUnavailableError):
+        await rig.router.get(rig.ref, anything)
+
+
+async def test_a_primary_copy_older_than_an_announced_write_goes_to_the_store() -> None:
+    rig = Rig(store=FakeStore(rows={"k": entry(b"new", 7)}))
+    rig.primary.data[rig.ref.rkey] = entry(b"old", 6)
+    rig.versions.note("default", "k", 7)
+    result = await rig.router.get(rig.ref)
+    assert (result.entry.value, result.tier) == (b"new", "store")
+    assert rig.primary.data[rig.ref.rkey] == entry(b"new", 7)  # the fill repaired Redis
+
+
+async def test_a_replica_tombstone_keeps_an_older_local_copy_from_being_served() -> None:
+    rig = Rig(store=FakeStore(down=True))
+    rig.primary_fails()
+    rig.replica.data[rig.ref.rkey] = Tombstone(9)
+    rig.local.store(rig.ref, entry(b"old", 4))
+    with pytest.raises(StoreUnavailableError):
+        await rig.router.get(rig.ref)
+
+
+async def test_local_copies_are_stale_only_while_the_feed_is_down() -> None:
+    rig = Rig(store=FakeStore(down=True))
+    rig.local.store(rig.ref, entry(b"local", 4))
+    rig.feed.lost()
+    rig.clock.now += 10
+    rig.primary_fails()
+    result = await rig.router.get(rig.ref)  # 10 s > the 2 s budget: only stale-if-error
+    assert (result.tier, result.store_failed, result.stale_s) == ("local", True, 10.0)
+    rig.feed.restored(caught_up=True)  # the gap was caught up from the outbox
+    result = await rig.router.get(rig.ref)
+    assert (result.tier, result.store_failed) == ("local", False)
+
+
+async def test_only_if_cached_never_reads_the_store() -> None:
+    rig = Rig(store=FakeStore(rows={"k": entry(b"stored")}))
+    with pytest.raises(NotCachedError):
+        await rig.router.get(rig.ref, ReadPolicy(2.0, 30.0, only_if_cached=True))
+    assert rig.store.gets == 0
+
+
+async def test_no_cache_reads_the_store_and_refreshes_the_caches() -> None:
+    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 8)}))
+    rig.primary.data[rig.ref.rkey] = entry(b"cached", 7)
+    result = await rig.router.get(rig.ref, ReadPolicy(2.0, 30.0, no_cache=True))
+    assert (result.entry.value, result.tier, result.revalidated) == (b"stored", "store", True)
+    assert rig.primary.gets == 0
+    await rig.router.drain()
+    assert rig.primary.data[rig.ref.rkey] == entry(b"stored", 8)
+
+
+async def test_redirect_loops_are_retried_within_the_deadline() -> None:
+    rig = Rig()
+    calls = 0
+
+    def flaky(ref: object) -> Entry:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise RedirectLoopError("TTL exhausted", route="primary")
+        return entry(b"settled")
+
+    rig.primary.on_get = flaky
+    result = await rig.router.get(rig.ref)
+    assert (result.entry.value, result.tier, calls) == (b"settled", "primary", 3)
+
+
+async def test_writes_commit_then_update_local_and_redis_and_mark_the_outbox_row() -> None:
+    rig = Rig()
+    result = await rig.router.put(rig.ref, b"v1", content_type="a/b", ttl_s=None)
+    assert result.created
+    assert rig.primary.data[rig.ref.rkey].seq == result.seq
+    assert rig.local.lookup(rig.ref).record == rig.primary.data[rig.ref.rkey]
+    assert rig.versions.newest("default", "k") == result.seq
+    assert rig.outbox.done_ids == [result.outbox_id]
+    removed = await rig.router.delete(rig.ref)
+    assert rig.primary.data[rig.ref.rkey] == Tombstone(removed.seq)
+    assert rig.local.lookup(rig.ref).record is None
+    with pytest.raises(KeyNotFoundError):
+        await rig.router.delete(rig.ref)
+
+
+async def test_invalidate_drops_local_and_leaves_a_tombstone() -> None:
+    rig = Rig()
+    await rig.router.put(rig.ref, b"v", content_type="a/b", ttl_s=None)
+    removed = await rig.router.invalidate(rig.ref)
+    assert rig.local.lookup(rig.ref).record is None
+    assert rig.primary.data[rig.ref.rkey] == Tombstone(removed.seq)
+    result = await rig.router.get(rig.ref)
+    assert (result.tier, result.entry.seq) == ("store", removed.seq)
 
 
 async def test_a_cache_update_that_fails_leaves_the_outbox_row_for_the_repairer() -> None:
-    primary = FakeTier(on_put=fails(TierTimeoutError("t", route="p")))
-    router, outbox = make(primary, FakeStore())
-    result = await router.put(router.ref("default", "k"), b"v", content_type="a/b", ttl_s=None)
-    assert result.version == 1  # acknowledged: the commit is what counts
-    assert outbox.done_ids == []
+    rig = Rig()
+    rig.primary.on_put = fails(TierTimeoutError("t", route="p"))
+    result = await rig.router.put(rig.ref, b"v", content_type="a/b", ttl_s=None)
+    assert result.version > 0  # acknowledged: the commit is what counts
+    assert rig.outbox.done_ids == []
 
 
 async def test_a_store_failure_on_write_changes_no_cache() -> None:
-    primary = FakeTier()
-    router, outbox = make(primary, FakeStore(down=True))
+    rig = Rig(store=FakeStore(down=True))
     with pytest.raises(StoreUnavailableError):
-        await router.put(router.ref("default", "k"), b"v", content_type="a/b", ttl_s=None)
-    assert primary.puts == []
-    assert outbox.done_ids == []
+        await rig.router.put(rig.ref, b"v", content_type="a/b", ttl_s=None)
+    assert rig.primary.puts == []
+    assert rig.local.lookup(rig.ref).record is None
+    assert rig.outbox.done_ids == []

@@ -1,0 +1,45 @@
+"""A local stack for development and tests: a 6-node Redis Cluster and a private Postgres.
+
+Everything lives under one data directory (``StackConfig.root``)::
+
+    root/redis/<port>/redis.conf, nodes.conf, redis.pid, redis.log   one dir per Redis node
+    root/pg/data, root/pg/pg.log                                      the private Postgres
+    root/env                                                          KEY=value lines for cachegw
+
+The stack only ever signals processes it started itself: a PID is taken from a pidfile and
+is used only when ``/proc/<pid>`` shows the expected program (``redis-server`` with the
+node's port and working directory, or ``postgres`` with the stack's data directory). A stale
+pidfile whose PID now belongs to another program is ignored, never signalled.
+
+The package is synchronous (subprocess, socket, time); every wait is bounded in iterations and
+in time. Command line: ``python -m app.devstack up|down|status`` (see :func:`main`).
+
+Modules: ``config`` (StackConfig and the stack's shape), ``ports``, ``processes`` (/proc
+checks, pidfd signalling, bounded waits), ``resp`` and ``cluster_view`` (talking to a node,
+parsing what it says), ``base``, ``redis_nodes``, ``redis_cluster``, ``postgres_host``,
+``postgres`` (the halves of :class:`Stack`), ``stack`` and ``cli``.
+"""
+
+from __future__ import annotations
+
+# BUS_PORT_OFFSET, HOST and PRIMARY_COUNT stay out of __all__ (as before the split) but are
+# imported from here by the tests; ``X as X`` marks them re-exported for mypy --strict.
+from app.devstack.cli import main
+from app.devstack.config import BUS_PORT_OFFSET as BUS_PORT_OFFSET
+from app.devstack.config import CLUSTER_SLOTS, NODE_COUNT, StackConfig
+from app.devstack.config import HOST as HOST
+from app.devstack.config import PRIMARY_COUNT as PRIMARY_COUNT
+from app.devstack.errors import StackError
+from app.devstack.ports import find_free_base_port, find_free_port
+from app.devstack.stack import Stack
+
+__all__ = [
+    "CLUSTER_SLOTS",
+    "NODE_COUNT",
+    "Stack",
+    "StackConfig",
+    "StackError",
+    "find_free_base_port",
+    "find_free_port",
+    "main",
+]

@@ -1,0 +1,122 @@
+"""The whole stack: both halves composed, with ``up``, ``down``, ``status`` and purge."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+
+from app.devstack.cluster_view import parse_info
+from app.devstack.postgres import Postgres, mask_dsn
+from app.devstack.redis_cluster import RedisCluster
+from app.devstack.resp import RedisReplyError, redis_text
+
+
+class Stack(RedisCluster, Postgres):
+    """The local Redis Cluster and Postgres described by a :class:`StackConfig`.
+
+    ``echo`` receives one line per step (with its duration); the CLI prints them, library use
+    is silent by default. Public methods are safe to repeat; ``up`` and ``down`` take a file
+    lock in the data directory so two of them never interleave.
+    """
+
+    def up(self) -> None:
+        """Bring the whole stack up, or leave it be where it already is.
+
+        Running nodes are left alone, stopped (or paused) ones are started (resumed) and rejoin
+        from nodes.conf. A fresh set of nodes becomes a cluster (``redis-cli --cluster
+        create``); a half-formed or broken one is recreated (its Redis data is discarded).
+        Then waits until the cluster is ok, makes sure Postgres runs with the database, and
+        writes ``root/env``. Raises :class:`StackError` when something cannot be done.
+        """
+        started = time.monotonic()
+        with self._locked():
+            self._up_redis()
+            self._up_postgres()
+            with self._step(f"env written to {self.env_path}"):
+                self.write_env_file()
+        self._say(f"stack up ({time.monotonic() - started:.2f} s)")
+
+    def down(self, *, purge: bool = False) -> None:
+        """Stop exactly the processes this stack started (by PID from its pidfiles).
+
+        Each gets SIGTERM (Postgres: ``pg_ctl stop -m fast``), a bounded wait, then SIGKILL.
+        The data directory stays (pidfiles aside) unless ``purge``: then the stack's own files
+        under ``root`` are deleted, and ``root`` itself when nothing else is left in it.
+        """
+        if not self.root.exists():
+            self._say(f"nothing to stop: {self.root} does not exist")
+            return
+        started = time.monotonic()
+        with self._locked():
+            self._stop_all_nodes()
+            if self.config.external_pg_dsn is None or self.pg_data.exists():
+                self.stop_postgres()
+            if purge:
+                with self._step(f"purged {self.root}"):
+                    self._purge()
+        self._say(f"stack down ({time.monotonic() - started:.2f} s)")
+
+    def status(self) -> dict[str, object]:
+        """A snapshot: per node port, pid, alive, role and cluster_state; the cluster's health;
+        Postgres readiness and DSN; ``healthy`` when all of it is fine."""
+        nodes: list[dict[str, object]] = []
+        for port in self.redis_ports:
+            pid = self.node_pid(port)
+            entry: dict[str, object] = {
+                "port": port,
+                "pid": pid,
+                "alive": False,
+                "role": None,
+                "cluster_state": None,
+            }
+            if pid is not None:
+                try:
+                    repl = parse_info(redis_text(port, "INFO", "replication"))
+                    info = parse_info(redis_text(port, "CLUSTER", "INFO"))
+                except (OSError, RedisReplyError):
+                    pass
+                else:
+                    entry["alive"] = True
+                    role = repl.get("role")
+                    entry["role"] = {"master": "primary", "slave": "replica"}.get(role or "", role)
+                    entry["cluster_state"] = info.get("cluster_state")
+            nodes.append(entry)
+        problem = self._cluster_problem()
+        pg_ready = self._pg_ready()
+        postgres: dict[str, object] = {
+            "ready": pg_ready,
+            "dsn": mask_dsn(self.pg_dsn),
+            "external": self.config.external_pg_dsn is not None,
+            "pid": None if self.config.external_pg_dsn is not None else self._postmaster_pid(),
+        }
+        return {
+            "root": str(self.root),
+            "redis": nodes,
+            "cluster_ok": problem is None,
+            "cluster_problem": problem,
+            "postgres": postgres,
+            "healthy": problem is None and pg_ready and all(bool(n["alive"]) for n in nodes),
+        }
+
+    def _purge(self) -> None:
+        """Delete what the stack wrote under root, then root when it is left empty."""
+        for port in self._node_dirs_on_disk():
+            shutil.rmtree(self.node_dir(port))
+        pg_dir = self.pg_dir
+        for path in (self.root / "redis", pg_dir):
+            if path.is_dir():
+                if path == pg_dir:
+                    shutil.rmtree(path)
+                else:
+                    with contextlib.suppress(OSError):
+                        path.rmdir()
+        if (self.root / "pg").is_symlink():
+            (self.root / "pg").unlink()
+            with contextlib.suppress(OSError):
+                pg_dir.parent.rmdir()
+        for name in ("env", ".lock"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / name).unlink()
+        with contextlib.suppress(OSError):
+            self.root.rmdir()

@@ -1,0 +1,221 @@
+"""The invalidation feed: every write, delete and invalidate of every gateway process.
+
+Each write's transaction inserts an outbox row, and a trigger on that insert sends a Postgres
+NOTIFY, delivered to every listening process when (and only if) the transaction commits. So the
+feed works while the Redis Cluster is down, and it never announces a write that did not happen.
+
+What a process does with it:
+
+* ``VersionMap`` keeps the newest seq announced per key (bounded in keys and age, the seed's
+  "invalidation timestamps"). A tier answer older than that is not served.
+* ``LocalTier`` drops its copy of the key.
+* ``FeedState`` says whether local copies can be trusted. While the feed is down, copies become
+  stale-only instead of being wiped. On reconnect the feed first listens, then reads the outbox
+  rows written during the gap (rows are retained for ``outbox.retain_s``); if the gap is covered,
+  nothing was missed and copies stay trusted; otherwise their generation is closed for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cachetools import TTLCache
+
+from app.errors import StoreError
+from app.settings import FeedSettings
+from app.store import Listener, Store, now_ms
+from app.telemetry import FEED_LAG, FEED_UP
+
+log = logging.getLogger(__name__)
+
+CATCH_UP_MARGIN_S = 1.0
+CATCH_UP_LIMIT = 100_000
+
+
+class VersionMap:
+    """The newest seq announced per (namespace, key), forgotten after ``ttl_s``."""
+
+    def __init__(
+        self, *, max_keys: int, ttl_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._seqs: TTLCache[tuple[str, str], int] = TTLCache(max_keys, ttl_s, timer=clock)
+
+    def note(self, namespace: str, key: str, seq: int) -> None:
+        slot = (namespace, key)
+        current = self._seqs.get(slot)
+        if current is None or seq > current:
+            self._seqs[slot] = seq
+
+    def newest(self, namespace: str, key: str) -> int | None:
+        return self._seqs.get((namespace, key))
+
+    def __len__(self) -> int:
+        return len(self._seqs)
+
+
+@dataclass
+class FeedState:
+    """Whether copies taken in a given *generation* may have missed an invalidation.
+
+    A generation lasts as long as the feed's record is continuous: the feed may drop and come
+    back within one generation if the gap was caught up from the outbox. Owned by the feed: only
+    it moves ``generation``; the local tier stamps copies with it and asks ``behind_s``.
+    """
+
+    clock: Callable[[], float] = time.monotonic
+    generation: int = 0
+    up: bool = False
+    down_since: float | None = None
+    broken_at: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.down_since = self.clock()
+
+    def behind_s(self, generation: int, cached_at: float) -> float:
+        """How long a copy taken at ``cached_at`` in ``generation`` may have missed updates."""
+        if generation == self.generation:
+            if self.up:
+                return 0.0
+            since = self.down_since if self.down_since is not None else cached_at
+        else:
+            since = self.broken_at.get(generation, cached_at)
+        return max(0.0, self.clock() - max(since, cached_at))
+
+    def lost(self) -> None:
+        if self.up:
+            self.up = False
+            self.down_since = self.clock()
+            FEED_UP.set(0)
+
+    def restored(self, *, caught_up: bool) -> None:
+        if not caught_up:
+            self.broken_at[self.generation] = (
+                self.down_since if self.down_since is not None else self.clock()
+            )
+            self.generation += 1
+        self.up = True
+        self.down_since = None
+        FEED_UP.set(1)
+
+
+class InvalidationFeed:
+    """Listens for announcements and applies them; reconnects and catches up by itself."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: FeedSettings,
+        *,
+        versions: VersionMap,
+        state: FeedState,
+        on_invalidate: Callable[[str, str, int], None],
+        catch_up_window_s: float,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.versions = versions
+        self.state = state
+        self.on_invalidate = on_invalidate
+        self.catch_up_window_s = catch_up_window_s
+        self._listener: Listener | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+
+    def announce(self, namespace: str, key: str, seq: int) -> None:
+        """Apply an announcement, from the feed or from this process's own write."""
+        self.versions.note(namespace, key, seq)
+        self.on_invalidate(namespace, key, seq)
+
+    def _on_message(self, payload: str) -> None:
+        try:
+            seq, sent_ms, namespace, key = payload.split("\t", 3)
+            self.announce(namespace, key, int(seq))
+        except ValueError:
+            log.warning("malformed invalidation payload ignored")
+            return
+        FEED_LAG.observe(max(0.0, (now_ms() - int(sent_ms)) / 1000))
+
+    def _on_lost(self) -> None:
+        self.state.lost()
+        self._lost.set()
+
+    async def start(self) -> None:
+        FEED_UP.set(0)
+        with contextlib.suppress(StoreError):
+            await self._connect()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._drop_listener()
+
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + max(1.0, self.settings.check_interval_s)
+
+    async def _connect(self) -> None:
+        down_since = self.state.down_since
+        self._lost.clear()
+        self._listener = await self.store.listen(
+            self.settings.channel,
+            on_message=self._on_message,
+            on_lost=self._on_lost,
+            deadline=self._deadline(),
+        )
+        caught_up = await self._catch_up(down_since)
+        self.state.restored(caught_up=caught_up)
+        log.info(
+            "invalidation feed up (generation %d, caught up: %s)", self.state.generation, caught_up
+        )
+
+    async def _catch_up(self, down_since: float | None) -> bool:
+        """Apply what was written while the feed was down; False when that cannot be known."""
+        if down_since is None:
+            return True
+        gap_s = self.state.clock() - down_since + CATCH_UP_MARGIN_S
+        if gap_s > self.catch_up_window_s:
+            return False
+        try:
+            rows = await self.store.outbox_recent(
+                within_s=gap_s, limit=CATCH_UP_LIMIT, deadline=self._deadline()
+            )
+        except StoreError:
+            return False
+        for row in rows:
+            self.announce(row.namespace, row.key, row.seq)
+        return len(rows) < CATCH_UP_LIMIT
+
+    async def _drop_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.check_interval_s):
+                    await self._lost.wait()
+            try:
+                if self._listener is None or not self._listener.alive or self._lost.is_set():
+                    self.state.lost()
+                    await self._drop_listener()
+                    await self._connect()
+                else:
+                    await self._listener.ping(deadline=self._deadline())
+            except StoreError as exc:
+                if self.state.up:
+                    log.warning("invalidation feed lost: %s", exc)
+                self.state.lost()
+                await self._drop_listener()
+            except Exception:
+                log.exception("invalidation feed check failed")
+                self.state.lost()
+                await self._drop_listener()

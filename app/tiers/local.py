@@ -1,0 +1,104 @@
+"""The local tier: a bounded LRU in this process (cachetools), kept in step by the feed.
+
+Bounded both in entries and in bytes. Every copy is stamped with the feed's generation and the
+time it was taken, so that ``FeedState`` can say how long it may have missed invalidations:
+0 while the feed is up, growing while it is down (the router then serves it only within
+``stale-if-error``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cachetools import LRUCache
+
+from app import telemetry
+from app.codec import Entry, Tombstone
+from app.feed import FeedState
+from app.settings import LocalSettings
+from app.tiers.base import MISS, Copy, KeyRef
+
+# Bookkeeping per item beyond the value itself (key, tuple, dataclass): a rough figure that
+# keeps many tiny entries from looking free.
+ITEM_OVERHEAD_BYTES = 200
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    entry: Entry
+    generation: int
+    cached_at: float
+    size: int
+
+
+class LocalTier:
+    name = "local"
+
+    def __init__(
+        self,
+        settings: LocalSettings,
+        feed: FeedState,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.feed = feed
+        self.clock = clock
+        self.enabled = settings.max_entries > 0 and settings.max_bytes > 0
+        self._items: LRUCache[tuple[str, str], _Item] = LRUCache(
+            maxsize=max(1, settings.max_bytes), getsizeof=lambda item: item.size
+        )
+
+    def lookup(self, ref: KeyRef) -> Copy:
+        item = self._items.get((ref.namespace, ref.key))
+        if item is None:
+            return MISS
+        return Copy(item.entry, self.feed.behind_s(item.generation, item.cached_at))
+
+    async def get(self, ref: KeyRef, *, deadline: float) -> Copy:
+        return self.lookup(ref)
+
+    def store(self, ref: KeyRef, entry: Entry) -> bool:
+        """Keep ``entry`` unless a copy with a newer seq is already here."""
+        if not self.enabled:
+            return False
+        slot = (ref.namespace, ref.key)
+        current = self._items.get(slot)
+        if current is not None and current.entry.seq > entry.seq:
+            return False
+        size = len(entry.value) + len(ref.key) + len(entry.content_type) + ITEM_OVERHEAD_BYTES
+        if size > self._items.maxsize:
+            self._items.pop(slot, None)
+            return False
+        self._items[slot] = _Item(entry, self.feed.generation, self.clock(), size)
+        while len(self._items) > self.settings.max_entries:
+            self._items.popitem()
+        return True
+
+    async def put(self, ref: KeyRef, record: Entry | Tombstone, *, deadline: float) -> bool:
+        if isinstance(record, Tombstone):
+            self.invalidate(ref.namespace, ref.key, record.seq)
+            return True
+        return self.store(ref, record)
+
+    def invalidate(self, namespace: str, key: str, seq: int) -> None:
+        """Drop the copy of a key if it is older than ``seq`` (an announced write or delete)."""
+        item = self._items.get((namespace, key))
+        if item is not None and item.entry.seq < seq:
+            del self._items[(namespace, key)]
+
+    def drop(self, namespace: str, key: str) -> None:
+        self._items.pop((namespace, key), None)
+
+    def update_gauges(self) -> None:
+        telemetry.LOCAL_ENTRIES.set(len(self._items))
+        telemetry.LOCAL_BYTES.set(self._items.currsize)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def bytes(self) -> int:
+        return int(self._items.currsize)
