@@ -123,6 +123,7 @@ class InvalidationFeed:
         self.on_invalidate = on_invalidate
         self.catch_up_window_s = catch_up_window_s
         self._listener: Listener | None = None
+        self._connected_once = False
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
 
@@ -171,6 +172,7 @@ class InvalidationFeed:
             deadline=self._deadline(),
         )
         caught_up = await self._catch_up(down_since)
+        self._connected_once = True
         self.state.restored(caught_up=caught_up)
         log.info(
             "invalidation feed up (generation %d, caught up: %s)", self.state.generation, caught_up
@@ -181,6 +183,9 @@ class InvalidationFeed:
         if down_since is None:
             return True
         gap_s = self.state.clock() - down_since + CATCH_UP_MARGIN_S
+        if not self._connected_once:
+            # A process that just started learns the recent writes too (it holds no copies yet).
+            gap_s = self.catch_up_window_s
         if gap_s > self.catch_up_window_s:
             return False
         try:

@@ -49,7 +49,9 @@ class Gateway:
             on_invalidate=local.invalidate,
             catch_up_window_s=settings.outbox.retain_s,
         )
-        outbox = Outbox(store, primary, settings.outbox, key_prefix=settings.redis.key_prefix)
+        outbox = Outbox(
+            store, primary, settings.outbox, key_prefix=settings.redis.key_prefix, versions=versions
+        )
         slots.avoid = watcher.partitioned
         slots.on_primaries_changed = outbox.request_replay
         router = FallbackRouter(

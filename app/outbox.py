@@ -18,6 +18,7 @@ import logging
 from app import telemetry
 from app.codec import Tombstone, redis_key
 from app.errors import StoreError, TierError
+from app.feed import VersionMap
 from app.settings import OutboxSettings
 from app.store import OutboxRow, Store
 from app.tiers.base import KeyRef, WritableTier
@@ -28,13 +29,21 @@ STORE_CALL_TIMEOUT_S = 2.0
 PURGE_EVERY_N_ROUNDS = 20
 PURGE_BATCH = 1000
 REPLAY_LIMIT = 100_000
+PENDING_LIMIT = 100_000
 
 
 class Outbox:
     def __init__(
-        self, store: Store, cache: WritableTier, settings: OutboxSettings, *, key_prefix: str
+        self,
+        store: Store,
+        cache: WritableTier,
+        settings: OutboxSettings,
+        *,
+        key_prefix: str,
+        versions: VersionMap | None = None,
     ) -> None:
         self.store = store
+        self.versions = versions
         self.cache = cache
         self.settings = settings
         self.key_prefix = key_prefix
@@ -74,6 +83,7 @@ class Outbox:
                 if self._replay_requested:
                     self._replay_requested = False
                     await self.replay_recent()
+                await self.note_pending()
                 await self.repair_once()
                 rounds += 1
                 if rounds % PURGE_EVERY_N_ROUNDS == 0:
@@ -125,6 +135,18 @@ class Outbox:
             applied.extend(ids)
         await self.store.outbox_done(applied, deadline=self._deadline())
         return len(applied)
+
+    async def note_pending(self) -> None:
+        """Tell this process's version map which keys Redis may still hold an old copy of.
+
+        Every process does this, not only the one that repairs: until a row is applied, no
+        process serves Redis's older copy of its key (one that restarted, or forgot the seq).
+        """
+        if self.versions is None:
+            return
+        pending = await self.store.outbox_pending(limit=PENDING_LIMIT, deadline=self._deadline())
+        for namespace, key, seq in pending:
+            self.versions.note(namespace, key, seq)
 
     async def replay_recent(self) -> int:
         """Bring Redis up to the store's state for every key written in the last ``retain_s``."""

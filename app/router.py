@@ -110,7 +110,9 @@ class FallbackRouter:
         self.versions = versions
         self.read_deadline_s = settings.read_deadline_ms / 1000
         self.write_deadline_s = settings.write_deadline_ms / 1000
-        self.cache_write_timeout_s = settings.redis.socket_timeout_s
+        self.primary_timeout_s = settings.redis.primary_timeout_ms / 1000
+        self.replica_timeout_s = settings.redis.replica_timeout_ms / 1000
+        self.cache_write_timeout_s = self.primary_timeout_s
         self.retries = settings.read_retries
         self.default_policy = ReadPolicy(
             max_stale_s=settings.staleness.budget_s,
@@ -146,7 +148,7 @@ class FallbackRouter:
         primary_answered = False
         if not policy.no_cache:
             try:
-                copy = await self._primary_get(ref, deadline)
+                copy = await self._primary_get(ref, min(deadline, started + self.primary_timeout_s))
             except TierError as exc:
                 log.debug("primary tier failed: %s", exc)
                 self._count["primary_failover"].inc()
@@ -208,9 +210,12 @@ class FallbackRouter:
         if self.local is not None:
             tiers.append(self.local)
         allowance = 0.0 if fresh_only else policy.max_stale_s
+        loop = asyncio.get_running_loop()
         for tier in tiers:
             try:
-                copy = await tier.get(ref, deadline=deadline)
+                copy = await tier.get(
+                    ref, deadline=min(deadline, loop.time() + self.replica_timeout_s)
+                )
             except TierError as exc:
                 log.debug("%s tier failed: %s", tier.name, exc)
                 telemetry.TIER_RESULTS.labels(tier=tier.name, result="error").inc()

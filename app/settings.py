@@ -25,6 +25,14 @@ class RedisSettings(BaseModel):
     refresh_min_interval_s: float = Field(default=0.5, ge=0, le=60)
     refresh_interval_s: float = Field(default=5.0, gt=0, le=300)
     max_redirects: int = Field(default=5, ge=1, le=16)
+    primary_timeout_ms: int = Field(
+        default=60,
+        ge=1,
+        le=10000,
+        description="The primary's share of a read's deadline; the rest is left to the tiers "
+        "behind it. Also bounds the cache update after a write.",
+    )
+    replica_timeout_ms: int = Field(default=40, ge=1, le=10000)
     key_prefix: str = Field(default="cg", min_length=1, max_length=32)
     ttl_cap_s: int = Field(
         default=3600, ge=1, description="Longest life of a cached copy in Redis."

@@ -101,6 +101,10 @@ SELECT DISTINCT ON (namespace, key) id, namespace, key, seq FROM cache_outbox
  ORDER BY namespace, key, seq DESC
  LIMIT $2
 """
+SQL_OUTBOX_PENDING = """
+SELECT namespace, key, max(seq) FROM cache_outbox WHERE applied_at IS NULL
+ GROUP BY namespace, key LIMIT $1
+"""
 SQL_OUTBOX_FAILED = "UPDATE cache_outbox SET last_error = $2 WHERE id = ANY($1::bigint[])"
 SQL_PURGE_EXPIRED = """
 DELETE FROM entries WHERE ctid = ANY (ARRAY(
@@ -303,6 +307,13 @@ class Store:
             "outbox_recent", "fetch", SQL_OUTBOX_RECENT, within_s, limit, deadline=deadline
         )
         return [OutboxRow(id=r[0], namespace=r[1], key=r[2], seq=r[3]) for r in rows]
+
+    async def outbox_pending(self, *, limit: int, deadline: float) -> list[tuple[str, str, int]]:
+        """Keys whose last cache update has not reached Redis yet, with the seq it carries."""
+        rows = await self._run(
+            "outbox_pending", "fetch", SQL_OUTBOX_PENDING, limit, deadline=deadline
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
 
     async def outbox_failed(self, ids: list[int], error: str, *, deadline: float) -> None:
         if ids:

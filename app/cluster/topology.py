@@ -159,7 +159,8 @@ class TopologyWatcher:
 
     async def _poll(self, address: Address) -> None:
         health = self.health.setdefault(address, NodeHealth(address))
-        started = self.now()
+        loop = asyncio.get_running_loop()  # deadlines are in event-loop time, whatever the clock
+        started = loop.time()
         deadline = started + self.settings.timeout_s
         try:
             cluster_raw, repl_raw = await asyncio.gather(
@@ -176,7 +177,7 @@ class TopologyWatcher:
             health.error = str(exc)
             health.link_up = None if health.role != "replica" else health.link_up
             return
-        elapsed = self.now() - started
+        elapsed = loop.time() - started
         health.latency_s = (
             elapsed if health.latency_s is None else 0.7 * health.latency_s + 0.3 * elapsed
         )

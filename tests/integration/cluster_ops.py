@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 
 from app.cluster.slots import key_slot
@@ -40,3 +41,43 @@ def key_in_node(stack: Stack, node: dict[str, object], prefix: str) -> str:
         if owner_of(stack, key_slot(f"cg:default:{key}".encode()))["id"] == node["id"]:
             return key
     raise LookupError("no key found")
+
+
+async def migrate_slot_slowly(
+    stack: Stack, slot: int, target: dict[str, object], *, batch: int = 3, pause_s: float = 0.1
+) -> int:
+    """Move ``slot`` to ``target`` a few keys at a time (MIGRATING/IMPORTING held throughout)."""
+    source = owner_of(stack, slot)
+    source_port, target_port = int(source["port"]), int(target["port"])  # type: ignore[call-overload]
+
+    async def cli(port: int, *args: object) -> str:
+        return await asyncio.to_thread(redis_cli, port, *map(str, args))
+
+    await cli(target_port, "CLUSTER", "SETSLOT", slot, "IMPORTING", source["id"])
+    await cli(source_port, "CLUSTER", "SETSLOT", slot, "MIGRATING", target["id"])
+    moved = 0
+    for _ in range(10_000):
+        keys = (await cli(source_port, "CLUSTER", "GETKEYSINSLOT", slot, batch)).split()
+        if not keys:
+            break
+        await cli(source_port, "MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys)
+        moved += len(keys)
+        await asyncio.sleep(pause_s)
+    for node in primaries(stack):
+        await cli(int(node["port"]), "CLUSTER", "SETSLOT", slot, "NODE", target["id"])  # type: ignore[call-overload]
+    return moved
+
+
+async def reshard(
+    stack: Stack, source: dict[str, object], target: dict[str, object], slots: int
+) -> None:
+    """``redis-cli --cluster reshard`` of ``slots`` slots from ``source`` to ``target``."""
+    await asyncio.to_thread(
+        subprocess.run,
+        [
+            "redis-cli", "--cluster", "reshard", f"127.0.0.1:{source['port']}",
+            "--cluster-from", str(source["id"]), "--cluster-to", str(target["id"]),
+            "--cluster-slots", str(slots), "--cluster-yes",
+        ],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip

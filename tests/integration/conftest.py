@@ -71,7 +71,8 @@ def healthy_stack(stack: Stack) -> Iterator[Stack]:
     """The stack, restored after the test: every node running and the cluster ok."""
     yield stack
     for port in stack.redis_ports:
-        stack.resume_node(port)
+        if stack.node_pid(port) is not None:
+            stack.resume_node(port)
     stack.up()
     stack.wait_cluster_ok(timeout_s=60)
 

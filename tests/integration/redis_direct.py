@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis.cluster import ClusterNode, RedisCluster
 
-from app.codec import Entry, Tombstone, decode, redis_key
+from app.codec import Entry, Tombstone, decode, encode_entry, redis_key
 from app.devstack import Stack
 
 
@@ -30,5 +30,14 @@ def drop(stack: Stack, key: str, *, namespace: str = "default") -> None:
     client = cluster_client(stack)
     try:
         client.delete(redis_key("cg", namespace, key))
+    finally:
+        client.close()
+
+
+def restore(stack: Stack, key: str, record: Entry, *, namespace: str = "default") -> None:
+    """Put a record back as it was (what a node that kept old data would hold)."""
+    client = cluster_client(stack)
+    try:
+        client.set(redis_key("cg", namespace, key), encode_entry(record))
     finally:
         client.close()

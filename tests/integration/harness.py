@@ -1,0 +1,241 @@
+"""Fault tests' harness: a gateway in its own process, and readers that check every answer.
+
+Readers (50 by default) loop over a key set, and a few writers keep changing values. Every answer
+is checked against what the writers sent: a 200 must carry a body that was written for that key,
+under the version that write was acknowledged with, and no older than the newest write that was
+acknowledged before the read started, unless the answer says it is stale (``fwd=stale``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from app.devstack import Stack, find_free_port
+from tests.integration.rawhttp import Connection, Reply
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def gateway_process(stack: Stack, log_dir: Path, **env: str) -> Iterator[str]:
+    """``cachegw serve`` on a free port against the stack; stopped (by PID) afterwards."""
+    port = find_free_port()
+    environment = {**os.environ, **stack.env(), **env}
+    log_path = log_dir / f"gateway-{port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+            cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            else:
+                raise AssertionError(f"gateway not ready:\n{log_path.read_text()[-3000:]}")
+            yield base
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+@dataclass
+class Observation:
+    at: float
+    key: str
+    status: int
+    latency_s: float
+    cache_status: str
+    version: int | None
+
+
+@dataclass
+class Workload:
+    """Keys, what was written to them, and what readers saw."""
+
+    base_url: str
+    keys: list[str]
+    written: dict[tuple[str, bytes], int | None] = field(default_factory=dict)
+    acked: dict[str, int] = field(default_factory=dict)
+    observations: list[Observation] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    write_latencies: list[float] = field(default_factory=list)
+    write_failures: list[str] = field(default_factory=list)
+    started: float = 0.0
+
+    async def write(self, client: httpx.AsyncClient, key: str) -> int | None:
+        body = f"{key}|{uuid.uuid4().hex}".encode()
+        self.written[(key, body)] = None  # sent, not yet acknowledged
+        began = time.monotonic()
+        response = await client.put(f"/v1/keys/{key}", content=body)
+        self.write_latencies.append(time.monotonic() - began)
+        if response.status_code not in (200, 201):
+            self.write_failures.append(f"{key}: {response.status_code} {response.text[:200]}")
+            return None
+        version = int(response.headers["etag"].strip('"'))
+        self.written[(key, body)] = version
+        self.acked[key] = max(self.acked.get(key, 0), version)
+        return version
+
+    async def seed(self) -> None:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as client:
+            for i in range(0, len(self.keys), 50):
+                await asyncio.gather(*(self.write(client, key) for key in self.keys[i : i + 50]))
+        if self.write_failures:
+            raise AssertionError(f"seeding failed: {self.write_failures[:3]}")
+        self.write_latencies.clear()
+
+    def check(self, key: str, response: httpx.Response | Reply, floor: int) -> int | None:
+        if _status(response) != 200:
+            self.problems.append(f"{key}: status {_status(response)} {response.content[:200]!r}")
+            return None
+        version = int(response.headers["etag"].strip('"'))
+        sent = (key, response.content)
+        if sent not in self.written:
+            self.problems.append(f"{key}: a value that was never written for it")
+        elif self.written[sent] is not None and self.written[sent] != version:
+            self.problems.append(
+                f"{key}: body of version {self.written[sent]} under ETag {version}"
+            )
+        stale = "fwd=stale" in response.headers.get("cache-status", "")
+        if version < floor and not stale:
+            self.problems.append(
+                f"{key}: version {version} older than acknowledged {floor} "
+                f"({response.headers.get('cache-status')})"
+            )
+        return version
+
+    async def _reader(self, until: float) -> None:
+        rng = random.Random()
+        parts = urlsplit(self.base_url)
+        connection = Connection(parts.hostname or "127.0.0.1", parts.port or 80)
+        try:
+            while time.monotonic() < until:
+                await self._read_one(connection, rng.choice(self.keys))
+        finally:
+            await connection.close()
+
+    async def _read_one(self, connection: Connection, key: str) -> None:
+        floor = self.acked.get(key, 0)
+        began = time.monotonic()
+        try:
+            response = await connection.request("GET", f"/v1/keys/{key}")
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            self.problems.append(f"{key}: {type(exc).__name__}")
+            await asyncio.sleep(0.01)
+            return
+        latency = time.monotonic() - began
+        version = self.check(key, response, floor)
+        self.observations.append(
+            Observation(
+                began - self.started, key, _status(response), latency,
+                response.headers.get("cache-status", ""), version,
+            )
+        )  # fmt: skip
+
+    async def _writer(self, client: httpx.AsyncClient, until: float, interval_s: float) -> None:
+        rng = random.Random()
+        while time.monotonic() < until:
+            await self.write(client, rng.choice(self.keys))
+            await asyncio.sleep(interval_s)
+
+    async def run(
+        self,
+        duration_s: float,
+        *,
+        readers: int = 50,
+        writers: int = 2,
+        write_interval_s: float = 0.05,
+        events: Sequence[tuple[float, Callable[[], Awaitable[None]]]] = (),
+    ) -> None:
+        """Read and write for ``duration_s``; run each event at its offset (seconds)."""
+        limits = httpx.Limits(max_connections=readers + writers + 5)
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=5, limits=limits) as client:
+            self.started = time.monotonic()
+            until = self.started + duration_s
+
+            async def timeline() -> None:
+                for offset, event in sorted(events, key=lambda e: e[0]):
+                    await asyncio.sleep(max(0.0, self.started + offset - time.monotonic()))
+                    await event()
+
+            await asyncio.gather(
+                timeline(),
+                *(self._reader(until) for _ in range(readers)),
+                *(self._writer(client, until, write_interval_s) for _ in range(writers)),
+            )
+
+    async def verify_final(self, *, timeout_s: float = 10.0) -> None:
+        """Every key answers its last acknowledged version, fresh (bounded wait for repairs)."""
+        parts = urlsplit(self.base_url)
+        connection = Connection(parts.hostname or "127.0.0.1", parts.port or 80)
+        deadline = time.monotonic() + timeout_s
+        try:
+            pending = set(self.keys)
+            while pending and time.monotonic() < deadline:
+                for key in sorted(pending):
+                    reply = await connection.request("GET", f"/v1/keys/{key}")
+                    fresh = "fwd=stale" not in reply.headers.get("cache-status", "")
+                    if (
+                        reply.status == 200
+                        and fresh
+                        and int(reply.headers["etag"].strip('"')) == (self.acked[key])
+                    ):
+                        pending.discard(key)
+                if pending:
+                    await asyncio.sleep(0.2)
+        finally:
+            await connection.close()
+        assert not pending, f"{len(pending)} keys not at their last acknowledged version"
+
+    def latencies(self, start: float = 0.0, end: float = 1e9) -> list[float]:
+        return sorted(o.latency_s for o in self.observations if start <= o.at < end)
+
+    def tiers(self, keys: set[str], start: float = 0.0, end: float = 1e9) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for o in self.observations:
+            if o.key in keys and start <= o.at < end:
+                out[o.cache_status] = out.get(o.cache_status, 0) + 1
+        return out
+
+
+def _status(response: httpx.Response | Reply) -> int:
+    return response.status_code if isinstance(response, httpx.Response) else response.status
+
+
+def metric(base_url: str, name: str, labels: str = "") -> float:
+    """A counter's value from the gateway's /metrics (0 when absent)."""
+    text = httpx.get(f"{base_url}/metrics", timeout=5).text
+    wanted = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def spread_keys(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}-{i}" for i in range(count)]

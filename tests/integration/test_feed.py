@@ -1,0 +1,78 @@
+"""The invalidation feed between gateway processes: every write reaches every local tier fast."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+
+from app.devstack import Stack
+from tests.integration.conftest import gateway_client, settings_for
+from tests.integration.harness import gateway_process
+from tests.integration.test_api_keys import new_key
+
+
+async def test_a_write_in_one_process_reaches_another_process_local_tier_within_100_ms(
+    stack: Stack,
+) -> None:
+    async with (
+        gateway_client(settings_for(stack)) as (a, _),
+        gateway_client(settings_for(stack)) as (b, gateway_b),
+    ):
+        delays: list[float] = []
+        for _ in range(30):
+            key = new_key("feed")
+            await a.put(f"/v1/keys/{key}", content=b"one")
+            await b.get(f"/v1/keys/{key}")
+            ref = gateway_b.router.ref("default", key)
+            assert gateway_b.local.lookup(ref).record is not None
+            written = time.monotonic()
+            await a.put(f"/v1/keys/{key}", content=b"two")
+            while gateway_b.local.lookup(ref).record is not None:
+                assert time.monotonic() - written < 2, "the feed did not drop b's copy"
+                await asyncio.sleep(0.001)
+            delays.append(time.monotonic() - written)
+        delays.sort()
+        assert delays[-1] < 0.1, delays[-5:]
+
+
+async def test_feed_lag_p99_between_processes(stack: Stack, tmp_path: Path) -> None:
+    """200 writes in one process; the other process's feed-lag histogram has p99 <= 100 ms."""
+    with gateway_process(stack, tmp_path) as writer, gateway_process(stack, tmp_path) as reader:
+        before = lag_buckets(reader)
+        async with httpx.AsyncClient(base_url=writer, timeout=5) as client:
+            for i in range(0, 200, 20):
+                await asyncio.gather(
+                    *(client.put(f"/v1/keys/lag-{i + j}", content=b"x") for j in range(20))
+                )
+        await asyncio.sleep(0.3)
+        after = lag_buckets(reader)
+    received = after["+Inf"] - before["+Inf"]
+    within = after["0.1"] - before["0.1"]
+    assert received >= 200
+    assert within >= 0.99 * received, (within, received)
+
+
+def lag_buckets(base: str) -> dict[str, float]:
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("cachegw_invalidation_feed_lag_seconds_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[le] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+async def test_local_copies_become_stale_only_while_the_feed_is_down(stack: Stack) -> None:
+    async with gateway_client(settings_for(stack)) as (client, gateway):
+        key = new_key("feeddown")
+        await client.put(f"/v1/keys/{key}", content=b"v")
+        assert gateway.feed.state.up
+        gateway.feed.state.lost()  # as when the listening connection drops
+        ref = gateway.router.ref("default", key)
+        await asyncio.sleep(0.05)
+        copy = gateway.local.lookup(ref)
+        assert copy.record is not None  # kept, not wiped
+        assert copy.behind_s > 0

@@ -1,0 +1,145 @@
+"""The topology watcher against scripted fake nodes: partitions, replica lag, role changes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from app.cluster.slot_router import SlotRouter
+from app.cluster.topology import TopologyWatcher, parse_info
+from app.settings import RedisSettings, TopologySettings
+from tests.unit.fake_redis import FakeNode, Session, shards_reply
+from tests.unit.fakes import FakeClock
+
+
+@dataclass
+class NodeState:
+    role: str = "master"
+    state: str = "ok"
+    offset: int = 1000
+    primary_port: int = 0
+    link: str = "up"
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Cluster:
+    def __init__(self) -> None:
+        self.primary = NodeState()
+        self.replica = NodeState(role="slave")
+        self.nodes: dict[str, FakeNode] = {}
+
+    def handler(self, name: str):  # type: ignore[no-untyped-def]
+        def handle(session: Session, args: list[bytes]) -> object:
+            state = self.primary if name == "p" else self.replica
+            if args[:2] == [b"CLUSTER", b"SHARDS"]:
+                return shards_reply(
+                    [((0, 16383), self.nodes["p"].address, [self.nodes["r"].address])]
+                )
+            if args[:2] == [b"CLUSTER", b"INFO"]:
+                return (
+                    f"cluster_state:{state.state}\r\n"
+                    "cluster_slots_assigned:16384\r\ncluster_slots_ok:16384\r\n"
+                )
+            if args[:2] == [b"INFO", b"replication"]:
+                if state.role == "master":
+                    return f"# Replication\r\nrole:master\r\nmaster_repl_offset:{state.offset}\r\n"
+                lines = [
+                    "role:slave",
+                    "master_host:127.0.0.1",
+                    f"master_port:{self.nodes['p'].port}",
+                    f"master_link_status:{state.link}",
+                    f"slave_repl_offset:{state.offset}",
+                ]
+                if state.link != "up":
+                    lines.append("master_link_down_since_seconds:7")
+                return "\r\n".join(lines) + "\r\n"
+            return None
+
+        return handle
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    c = Cluster()
+    c.nodes["p"] = await FakeNode(c.handler("p")).start()
+    c.nodes["r"] = await FakeNode(c.handler("r")).start()
+    yield c
+    for node in c.nodes.values():
+        await node.aclose()
+
+
+async def watcher_for(cluster: Cluster, clock: FakeClock) -> tuple[SlotRouter, TopologyWatcher]:
+    slots = SlotRouter(RedisSettings(nodes=f"127.0.0.1:{cluster.nodes['p'].port}"))
+    await slots.start()
+    watcher = TopologyWatcher(slots, TopologySettings(replica_max_lag_bytes=100), clock=clock)
+    await watcher.poll_once()
+    return slots, watcher
+
+
+async def test_replica_lag_and_ranking(cluster: Cluster) -> None:
+    clock = FakeClock()
+    slots, watcher = await watcher_for(cluster, clock)
+    try:
+        replica = cluster.nodes["r"].address
+        assert watcher.behind_s(replica) == 0.0
+        assert watcher.rank_replicas((replica,)) == [replica]
+        cluster.replica.offset = 500  # 500 bytes behind: more than the 100 allowed
+        clock.now += 3
+        await watcher.poll_once()
+        assert watcher.health[replica].lag_bytes == 500
+        assert watcher.behind_s(replica) == 3.0  # caught up 3 s ago
+        cluster.replica.link = "down"
+        clock.now += 2
+        await watcher.poll_once()
+        assert watcher.behind_s(replica) == 5.0
+        assert not watcher.health[replica].link_up
+        assert watcher.behind_s(("127.0.0.1", 1)) == math.inf
+    finally:
+        await slots.aclose()
+
+
+async def test_a_node_reporting_cluster_state_fail_gets_no_traffic(cluster: Cluster) -> None:
+    clock = FakeClock()
+    slots, watcher = await watcher_for(cluster, clock)
+    try:
+        cluster.replica.state = "fail"
+        await watcher.poll_once()
+        replica = cluster.nodes["r"].address
+        assert watcher.partitioned(replica)
+        assert watcher.rank_replicas((replica,)) == []
+        assert not watcher.partitioned(cluster.nodes["p"].address)
+    finally:
+        await slots.aclose()
+
+
+async def test_a_role_the_map_does_not_know_asks_for_a_refresh(cluster: Cluster) -> None:
+    clock = FakeClock()
+    slots, watcher = await watcher_for(cluster, clock)
+    try:
+        refreshes: list[str] = []
+        slots.request_refresh = refreshes.append  # type: ignore[method-assign]
+        cluster.replica.role = "master"  # promoted, the slot map not refreshed yet
+        await watcher.poll_once()
+        assert refreshes == ["role-change"]
+    finally:
+        await slots.aclose()
+
+
+async def test_an_unreachable_node_is_marked_so(cluster: Cluster) -> None:
+    clock = FakeClock()
+    slots, watcher = await watcher_for(cluster, clock)
+    try:
+        await cluster.nodes["r"].aclose()
+        await watcher.poll_once()
+        health = watcher.health[cluster.nodes["r"].address]
+        assert not health.reachable
+        assert health.error
+    finally:
+        await slots.aclose()
+
+
+def test_parse_info() -> None:
+    assert parse_info("# Replication\r\nrole:master\r\nx:1:2\r\n") == {"role": "master", "x": "1:2"}
