@@ -38,7 +38,9 @@ $$;
 
 
 def upgrade() -> None:
-    op.add_column("cache_outbox", sa.Column("applied_at", sa.DateTime(timezone=True), nullable=True))
+    op.add_column(
+        "cache_outbox", sa.Column("applied_at", sa.DateTime(timezone=True), nullable=True)
+    )
     op.create_index("cache_outbox_created_at_idx", "cache_outbox", ["created_at"])
     op.execute(NOTIFY)
     op.execute(
