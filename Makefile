@@ -7,13 +7,15 @@ PORT ?= 8000
 PIP_VERSION := 26.3
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps system-deps-test run serve down status test lint fmt lock clean
+.PHONY: help install system-deps system-deps-test run serve down status test lint fmt lock clean \
+	bench-failover
 
 help:
 	@echo "make run    install, start the local stack, migrate, serve on http://127.0.0.1:$(PORT)"
 	@echo "make test   install, then every test (the tests start their own stack on free ports)"
 	@echo "make down   stop the local stack started by make run"
 	@echo "make lint   ruff and mypy --strict"
+	@echo "make bench-failover   a primary killed under load: gateway vs a naive proxy"
 
 install: system-deps $(STAMP)
 
@@ -44,6 +46,10 @@ status: $(STAMP)
 
 test: system-deps-test install
 	$(BIN)/pytest
+
+# A primary SIGKILLed under 1,500 GET/s: the gateway beside a naive redis-py proxy (own stack).
+bench-failover: install
+	$(BIN)/python -m bench.failover
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests alembic bench

@@ -58,3 +58,19 @@ FEED_LAG = Histogram(
 FEED_UP = Gauge("cachegw_invalidation_feed_up", "1 while this process receives the feed")
 LOCAL_ENTRIES = Gauge("cachegw_local_entries", "Entries in this process's local tier")
 LOCAL_BYTES = Gauge("cachegw_local_bytes", "Approximate bytes held by this process's local tier")
+
+# HTTP metrics, the same for routes served by FastAPI (recorded through
+# prometheus-fastapi-instrumentator) and for the lean GET path (recorded directly).
+HTTP_REQUESTS = Counter(
+    "http_requests", "HTTP requests by route template, method and status class",
+    ["handler", "method", "status"],
+)  # fmt: skip
+HTTP_DURATION = Histogram(
+    "http_request_duration_seconds", "HTTP request duration by route template and method",
+    ["handler", "method"], buckets=LATENCY_BUCKETS,
+)  # fmt: skip
+
+
+def record_http(handler: str, method: str, status: int, duration_s: float) -> None:
+    HTTP_REQUESTS.labels(handler, method, f"{status // 100}xx").inc()
+    HTTP_DURATION.labels(handler, method).observe(duration_s)

@@ -29,6 +29,7 @@ from tests.integration.rawhttp import Connection
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 K6 = Path(sys.executable).parent / "k6"
+LOAD = REPO / "tests" / "load"
 
 TARGETS = {
     "gateway": ["app.main:create_app", "--factory"],
@@ -170,7 +171,7 @@ def run_k6(
         **env,
     }
     return subprocess.Popen(
-        [str(K6), "run", "--quiet", "--out", f"csv={csv_path}", str(REPO / "tests" / "load" / script)],
+        [str(K6), "run", "--quiet", "--out", f"csv={csv_path}", str(LOAD / script)],
         cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
 

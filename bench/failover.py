@@ -46,17 +46,21 @@ def promotion_watch(
         try:
             if owner_of(stack, slot)["id"] != killed_id:
                 return time.monotonic() - started
-        except Exception:  # noqa: BLE001 - the cluster is mid-failover; ask again
+        except Exception:  # the cluster is mid-failover: ask again
             pass
         time.sleep(0.05)
     return None
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
 
 
 async def wait_for_traffic(csv_path: Path, *, timeout_s: float = 60) -> None:
     """Until k6 has sent requests (it writes its CSV about once a second)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if csv_path.exists() and csv_path.stat().st_size > 4096:
+        if await asyncio.to_thread(_size, csv_path) > 4096:
             return
         await asyncio.sleep(0.05)
     raise RuntimeError("k6 sent no traffic")
@@ -128,7 +132,8 @@ async def run_target(
             "DURATION": f"{args.duration}s", "SUMMARY": str(summary_path),
         }  # fmt: skip
         print(
-            f"{target}: {args.rate} GET/s for {args.duration} s, primary :{victim_port} killed at {KILL_AT_S} s",
+            f"{target}: {args.rate} GET/s for {args.duration} s, "
+            f"primary :{victim_port} killed at {KILL_AT_S} s",
             flush=True,
         )
         k6 = run_k6("failover.js", env=env, csv_path=csv_path)
@@ -161,14 +166,17 @@ async def run_target(
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
     print()
-    header = f"{'target':<8} {'requests':>8} {'errors':>6} {'dropped':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>8} {'healthy during/before':>22}"
+    header = (
+        f"{'target':<8} {'requests':>8} {'errors':>6} {'dropped':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'max ms':>8} {'healthy during/before':>22}"
+    )
     print(header)
     print("-" * len(header))
     for name, r in results.items():
         ratio = "n/a" if r["healthy_ratio"] is None else f"{100 * r['healthy_ratio']:.0f}%"
         print(
-            f"{name:<8} {r['requests']:>8} {r['errors']:>6} {r['dropped_pct']:>7}% {r['p50_ms']:>7} "
-            f"{r['p99_ms']:>7} {r['max_ms']:>8} {ratio:>22}"
+            f"{name:<8} {r['requests']:>8} {r['errors']:>6} {r['dropped_pct']:>7}% "
+            f"{r['p50_ms']:>7} {r['p99_ms']:>7} {r['max_ms']:>8} {ratio:>22}"
         )
     for name, r in results.items():
         print(f"\n{name}: served per second: {r['served_per_s']}")
@@ -183,12 +191,17 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(len(results), 1, figsize=(10, 3.2 * len(results)), sharex=True, squeeze=False)
+    figure, axes = plt.subplots(
+        len(results), 1, figsize=(10, 3.2 * len(results)), sharex=True, squeeze=False
+    )
     axes = axes[:, 0]
     for axis, (name, r) in zip(axes, results.items(), strict=True):
-        axis.plot(r["served_per_s"], label="served (all)", color="tab:blue")
-        axis.plot(r["healthy_served_per_s"], label="served (healthy shards)", color="tab:green")
-        axis.plot(r["victim_served_per_s"], label="served (killed shard)", color="tab:red")
+        seconds = [i + 0.5 for i in range(len(r["served_per_s"]))]  # each count covers [i, i+1)
+        axis.plot(seconds, r["served_per_s"], label="served (all)", color="tab:blue")
+        axis.plot(
+            seconds, r["healthy_served_per_s"], label="served (healthy shards)", color="tab:green"
+        )
+        axis.plot(seconds, r["victim_served_per_s"], label="served (killed shard)", color="tab:red")
         axis.axvline(r["kill_at_s"], color="black", linestyle="--", label="primary SIGKILL")
         if r["promoted_after_s"] is not None:
             axis.axvline(
@@ -198,7 +211,8 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
                 label="replica promoted",
             )
         axis.set_title(
-            f"{name}: p99 {r['p99_ms']} ms, max {r['max_ms']} ms, errors {r['errors']}, dropped {r['dropped_pct']}%"
+            f"{name}: p99 {r['p99_ms']} ms, max {r['max_ms']} ms, errors {r['errors']}, "
+            f"dropped {r['dropped_pct']}%"
         )
         axis.set_ylabel("requests/s")
         axis.legend(loc="lower left", fontsize=8)

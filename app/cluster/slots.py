@@ -49,6 +49,7 @@ class SlotMap:
 
     slots: list[Shard | None] = field(default_factory=lambda: [None] * SLOT_COUNT)
     epoch: int = 0
+    _shards: list[Shard] | None = None  # derived from slots; cleared by patch
 
     @classmethod
     def from_shards(cls, shards: list[Shard], *, epoch: int) -> SlotMap:
@@ -67,13 +68,16 @@ class SlotMap:
         if current is not None and current.primary == owner:
             return
         self.slots[slot] = Shard(primary=owner, ranges=((slot, slot),))
+        self._shards = None
 
     def covered(self) -> int:
         return sum(1 for shard in self.slots if shard is not None)
 
     def shards(self) -> list[Shard]:
-        seen: dict[int, Shard] = {}
-        for shard in self.slots:
-            if shard is not None:
-                seen.setdefault(id(shard), shard)
-        return list(seen.values())
+        if self._shards is None:
+            seen: dict[int, Shard] = {}
+            for shard in self.slots:
+                if shard is not None:
+                    seen.setdefault(id(shard), shard)
+            self._shards = list(seen.values())
+        return self._shards

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cachetools import LRUCache
 
@@ -25,8 +25,7 @@ from app.tiers.base import MISS, Copy, KeyRef
 ITEM_OVERHEAD_BYTES = 200
 
 
-@dataclass(frozen=True, slots=True)
-class _Item:
+class _Item(NamedTuple):
     entry: Entry
     generation: int
     cached_at: float
@@ -65,9 +64,9 @@ class LocalTier:
         if not self.enabled:
             return False
         slot = (ref.namespace, ref.key)
-        current = self._items.get(slot)
-        if current is not None and current.entry.seq > entry.seq:
-            return False
+        current = self._items.get(slot)  # (a lookup also marks it recently used)
+        if current is not None and current.entry.seq >= entry.seq:
+            return current.entry.seq == entry.seq
         size = len(entry.value) + len(ref.key) + len(entry.content_type) + ITEM_OVERHEAD_BYTES
         if size > self._items.maxsize:
             self._items.pop(slot, None)

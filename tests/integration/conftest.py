@@ -104,13 +104,20 @@ async def gateway_client(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncC
 ClientFactory = Callable[..., Any]
 
 
+@pytest.fixture(params=[True, False], ids=["lean", "fastapi"])
+def lean_reads(request: pytest.FixtureRequest) -> bool:
+    """The key API's conformance tests run against both read paths."""
+    value: bool = request.param
+    return value
+
+
 @pytest.fixture
-async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with gateway_client(settings_for(stack)) as (http, _):
+async def client(stack: Stack, lean_reads: bool) -> AsyncIterator[httpx.AsyncClient]:
+    async with gateway_client(settings_for(stack, lean_reads=lean_reads)) as (http, _):
         yield http
 
 
 @pytest.fixture
-async def gw(stack: Stack) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
-    async with gateway_client(settings_for(stack)) as pair:
+async def gw(stack: Stack, lean_reads: bool) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
+    async with gateway_client(settings_for(stack, lean_reads=lean_reads)) as pair:
         yield pair
