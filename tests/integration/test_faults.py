@@ -71,6 +71,7 @@ async def test_sigkill_of_a_primary(healthy_stack: Stack, logs: Path) -> None:
             await asyncio.to_thread(stack.kill_node, port)
 
         await work.run(12.0, events=[(2.0, kill)])
+        await work.verify_final()  # every acknowledged write is visible after the promotion
     assert work.problems == [], work.problems[:10]
     assert work.write_failures == [], work.write_failures[:5]
     assert all(o.status == 200 for o in work.observations)
@@ -99,6 +100,7 @@ async def test_sigstop_of_a_primary_every_answer_within_the_deadline(
 
         # Paused for 1.5 s: below cluster-node-timeout (2 s), so no failover: a hung primary.
         await work.run(5.0, events=[(1.0, pause), (2.5, resume)])
+        await work.verify_final()
     assert work.problems == [], work.problems[:10]
     latencies = work.latencies()
     assert max(latencies) <= DEADLINE_S + 0.05, (max(latencies), p99(latencies))

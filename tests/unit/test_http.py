@@ -11,6 +11,7 @@ from app.api.http import (
     key_from_raw_path,
     read_limited,
 )
+from app.api.lean import wants_lean
 from app.codec import Entry
 from app.errors import InvalidKeyError, UnsupportedMediaTypeError, ValueTooLargeError
 from app.router import ReadResult
@@ -111,3 +112,25 @@ def test_headers_for_an_answer() -> None:
     }
     assert cache_status(ReadResult(entry, "store", filled=True)) == "cachegw; fwd=miss; stored"
     assert cache_status(ReadResult(entry, "store")) == "cachegw; fwd=miss"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "lean"),
+    [
+        ("GET", "/v1/keys/a", b"", True),
+        ("HEAD", "/v1/keys/a%20b", b"", True),
+        ("GET", "/v1/keys/a", b"explain=1", False),
+        ("PUT", "/v1/keys/a", b"", False),
+        ("POST", "/v1/keys/a/invalidate", b"", False),
+        ("GET", "/v1/keys/a/b", b"", False),
+        ("GET", "/readyz", b"", False),
+    ],
+)
+def test_which_requests_take_the_lean_path(
+    method: str, path: str, query: bytes, lean: bool
+) -> None:
+    scope = {"type": "http", "method": method, "path": path, "query_string": query}
+    assert wants_lean(scope) is lean
+    assert not wants_lean(
+        {"type": "lifespan"} | {"method": "GET", "path": path, "query_string": b""}
+    )
