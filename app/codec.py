@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-# KEYS[1] key; ARGV[1] seq; ARGV[2] record; ARGV[3] time to live in ms.
+from app.cluster.slots import key_slot
+
+# KEYS[1] key; ARGV[1] seq; ARGV[2] record; ARGV[3] time to live in ms; ARGV[4] "1" to refresh.
 # Writes when the key holds an older seq, or a tombstone of the same seq and the record is an
-# entry (the fresh fill from the store after an invalidate carries the invalidate's seq).
+# entry (the fresh fill from the store after an invalidate carries the invalidate's seq), or, when
+# refreshing (early refresh), an entry of the same seq (a new life for the same version).
 # Returns 1 when written, 0 when not.
 SET_IF_NEWER = b"""
 local head = redis.call('GETRANGE', KEYS[1], 0, 23)
@@ -25,13 +28,25 @@ if head ~= '' then
   local kind, current = string.match(head, '^(%u) (%d+)')
   current = tonumber(current)
   local seq = tonumber(ARGV[1])
+  local entry = string.sub(ARGV[2], 1, 1) == 'V'
   if current and (current > seq or (current == seq and
-      not (kind == 'T' and string.sub(ARGV[2], 1, 1) == 'V'))) then
+      not (entry and (kind == 'T' or ARGV[4] == '1')))) then
     return 0
   end
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
+"""
+
+# KEYS[1] lock; ARGV[1] the holder's token. Deletes the lock only if it is still ours.
+UNLOCK = b"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS[1] key; KEYS[2] its lock. What a process waiting for another's load looks at.
+POLL_FILL = b"""
+return {redis.call('GET', KEYS[1]), redis.call('EXISTS', KEYS[2])}
 """
 
 
@@ -60,6 +75,15 @@ class Tombstone(NamedTuple):
     """A delete or invalidate with sequence ``seq``: older fills must not land."""
 
     seq: int
+
+
+def lock_key(rkey: bytes) -> bytes | None:
+    """A key for the load lock of ``rkey`` that hashes to the same slot (None if none does)."""
+    slot = key_slot(rkey)
+    for candidate in (rkey + b":lock", b"{" + rkey + b"}:lock"):
+        if key_slot(candidate) == slot:
+            return candidate
+    return None
 
 
 def redis_key(prefix: str, namespace: str, key: str) -> bytes:

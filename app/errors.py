@@ -9,12 +9,15 @@ driver exceptions. ``app/api/problems.py`` is the one place that maps them to HT
      │   ├─ TierUnavailableError   refused, reset, CLUSTERDOWN, LOADING, no slot owner, driver fault
      │   ├─ TierTimeoutError       no answer within the tier's share of the request deadline
      │   ├─ RedirectLoopError      MOVED/ASK/TRYAGAIN did not settle within the redirect budget
-     │   └─ NodeBusyError          this process has too many commands queued for one node (local)
+     │   ├─ NodeBusyError          this process has too many commands queued for one node (local)
+     │   └─ BreakerOpenError       the route's circuit breaker is open: not even tried
      ├─ StoreError
      │   ├─ StoreUnavailableError  Postgres unreachable, timed out, or could not commit
      │   └─ StoreConflictError     a precondition (If-Match / If-None-Match) did not hold
      ├─ KeyNotFoundError           the authoritative store says the key is absent (or expired)
      ├─ NoAnswerError              no tier could answer within policy (deadline spent)
+     │   ├─ CoalescingOverflowError too many requests already wait for this key's load
+     │   └─ OverloadedError        this process sheds load: a node's local queue is full
      ├─ NotCachedError             only-if-cached, and no cache tier holds the key within policy
      └─ RequestError               the request itself is invalid; nothing was read or written
          ├─ InvalidKeyError
@@ -59,6 +62,10 @@ class NodeBusyError(TierError):
     """
 
 
+class BreakerOpenError(TierError):
+    """Raised instead of calling a route whose circuit breaker is open."""
+
+
 class StoreError(CachegwError):
     """The authoritative store could not do what was asked."""
 
@@ -85,6 +92,20 @@ class NoAnswerError(CachegwError):
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class CoalescingOverflowError(NoAnswerError):
+    """Raised when a key's load already has its maximum of waiters."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after_s=1)
+
+
+class OverloadedError(NoAnswerError):
+    """Raised when this process sheds a request because a node's local queue is full."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after_s=1)
 
 
 class NotCachedError(CachegwError):

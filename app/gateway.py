@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from app.breaker import BreakerBoard
 from app.cluster.slot_router import SlotRouter
 from app.cluster.topology import TopologyWatcher
+from app.degraded import DegradedMode
 from app.feed import FeedState, InvalidationFeed, VersionMap
 from app.outbox import Outbox
 from app.router import FallbackRouter
@@ -29,12 +31,18 @@ class Gateway:
     feed: InvalidationFeed
     outbox: Outbox
     router: FallbackRouter
+    breakers: BreakerBoard
+    degraded: DegradedMode
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
+        breakers = BreakerBoard(settings.breaker)
         slots = SlotRouter(settings.redis)
+        slots.breakers = breakers
         watcher = TopologyWatcher(slots, settings.topology)
         store = Store(settings.pg)
+        store.breaker = breakers.get("store", probe=store.probe)
+        degraded = DegradedMode(settings.degraded)
         primary = PrimaryTier(slots, settings.redis)
         feed_state = FeedState()
         local = LocalTier(settings.local, feed_state)
@@ -62,10 +70,11 @@ class Gateway:
             store=store,
             outbox=outbox,
             versions=versions,
+            degraded=degraded,
         )
         return cls(
             settings=settings, slots=slots, watcher=watcher, store=store, local=local,
-            feed=feed, outbox=outbox, router=router,
+            feed=feed, outbox=outbox, router=router, breakers=breakers, degraded=degraded,
         )  # fmt: skip
 
     async def start(self) -> None:
@@ -75,6 +84,8 @@ class Gateway:
         await self.watcher.start()
         await self.feed.start()
         await self.outbox.start()
+        await self.breakers.start()
+        await self.degraded.start()
         log.info(
             "gateway started: %d of 16384 slots mapped, feed %s, read deadline %d ms",
             self.slots.map.covered(),
@@ -84,6 +95,8 @@ class Gateway:
 
     async def aclose(self) -> None:
         """Stop background work first, then close clients (redis-py's aclose is not terminal)."""
+        await self.degraded.aclose()
+        await self.breakers.aclose()
         await self.outbox.aclose()
         await self.feed.aclose()
         await self.watcher.aclose()

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app import telemetry
-from app.api import health, keys, lean, problems
+from app.api import admin, health, keys, lean, problems
 from app.gateway import Gateway
 from app.settings import Settings
 
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_tags=[
             {"name": "keys", "description": "Get, set and delete cached keys."},
             {"name": "health", "description": "Liveness and readiness."},
+            {"name": "admin", "description": "Read-only operational state."},
         ],
     )
     app.state.settings = settings
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(keys.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
     Instrumentator(excluded_handlers=["/metrics"]).add(_record_http).instrument(app).expose(
         app, include_in_schema=False
     )

@@ -22,7 +22,10 @@ reach Redis is repaired later from the outbox, so the answer depends only on the
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import math
 import random
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -30,20 +33,32 @@ from typing import Any, Protocol
 
 from app import telemetry
 from app.codec import Entry, Tombstone, redis_key
+from app.degraded import DegradedMode
 from app.errors import (
+    CoalescingOverflowError,
     KeyNotFoundError,
+    NodeBusyError,
     NotCachedError,
+    OverloadedError,
     RedirectLoopError,
     StoreError,
+    StoreUnavailableError,
     TierError,
+    TierTimeoutError,
+    TierUnavailableError,
 )
 from app.feed import VersionMap
 from app.settings import Settings
+from app.singleflight import SingleFlight
 from app.store import RemoveResult, Store, WriteResult, now_ms
-from app.tiers.base import CacheTier, Copy, KeyRef, WritableTier
+from app.tiers.base import CacheTier, Copy, KeyRef, PrimaryLike
 from app.tiers.local import LocalTier
 
 log = logging.getLogger(__name__)
+
+PEER_POLL_FIRST_S = 0.002
+PEER_POLL_MAX_S = 0.02
+PEER_POLL_RESERVE_S = 0.02
 
 
 class OutboxSink(Protocol):
@@ -75,6 +90,16 @@ class ReadResult:
     stale_s: float = 0.0
     store_failed: bool = False
     revalidated: bool = False
+    collapsed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """What one load from the store produced, shared by every request that waited for it."""
+
+    entry: Entry | None
+    filled: bool = False
+    from_peer: bool = False  # another process loaded it; this one read it from Redis
 
 
 @dataclass(slots=True)
@@ -94,12 +119,14 @@ class FallbackRouter:
         self,
         *,
         settings: Settings,
-        primary: WritableTier,
+        primary: PrimaryLike,
         store: Store,
         outbox: OutboxSink,
         versions: VersionMap,
         replica: CacheTier | None = None,
         local: LocalTier | None = None,
+        degraded: DegradedMode | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
         self.primary = primary
@@ -120,6 +147,19 @@ class FallbackRouter:
         )
         self._prefix = settings.redis.key_prefix
         self._background: set[asyncio.Task[Any]] = set()
+        self.coalescing = settings.coalescing
+        self.degraded = degraded or DegradedMode(settings.degraded)
+        self.rng = rng or random.Random()
+        self.ttl_cap_ms = settings.redis.ttl_cap_s * 1000
+        # One load from the store per key in flight (and one refresh); in degraded mode, also one
+        # read of the primary per key.
+        self.loads: SingleFlight[_Loaded] = SingleFlight(
+            "store", max_waiters=settings.coalescing.max_waiters
+        )
+        self.reads: SingleFlight[Copy] = SingleFlight(
+            "read", max_waiters=settings.coalescing.max_waiters
+        )
+        self._store_latency_s = 0.002  # moving average, for early refresh
         status = telemetry.FALLBACK_ATTEMPTS
         self._count = {
             name: status.labels(status=name)
@@ -148,7 +188,11 @@ class FallbackRouter:
         primary_answered = False
         if not policy.no_cache:
             try:
-                copy = await self._primary_get(ref, min(deadline, started + self.primary_timeout_s))
+                copy = await self._primary_read(
+                    ref, min(deadline, started + self.primary_timeout_s)
+                )
+            except NodeBusyError as exc:
+                raise self._shed(exc) from exc
             except TierError as exc:
                 log.debug("primary tier failed: %s", exc)
                 self._count["primary_failover"].inc()
@@ -159,37 +203,61 @@ class FallbackRouter:
                     if not record.expired(now_ms()):
                         self._count["primary_hit"].inc()
                         self._keep_local(ref, record, attempt.floor)
+                        self._maybe_refresh_early(ref, record)
                         return ReadResult(record, "primary")
                 elif isinstance(record, Entry):
                     telemetry.TIER_RESULTS.labels(tier="primary", result="stale").inc()
                 elif isinstance(record, Tombstone):
                     attempt.floor = max(attempt.floor, record.seq)
                 self._count["primary_miss"].inc()
-            cached = await self._from_fallback_tiers(
-                ref, attempt, policy, deadline, fresh_only=primary_answered
-            )
-            if cached is not None:
-                return cached
-            if policy.only_if_cached:
-                raise NotCachedError("no cache tier holds this key within policy")
         try:
+            if not policy.no_cache:
+                cached = await self._from_fallback_tiers(
+                    ref, attempt, policy, deadline, fresh_only=primary_answered
+                )
+                if cached is not None:
+                    return cached
+                if policy.only_if_cached:
+                    raise NotCachedError("no cache tier holds this key within policy")
             return await self._from_store(
                 ref, attempt, deadline=deadline, primary_answered=primary_answered, policy=policy
             )
         finally:
-            telemetry.FALLBACK_LATENCY.observe(loop.time() - started)
+            elapsed = loop.time() - started
+            telemetry.FALLBACK_LATENCY.observe(elapsed)
+            self.degraded.observe(elapsed)
+
+    def _shed(self, exc: NodeBusyError) -> OverloadedError:
+        telemetry.SHED.labels(reason="node_queue").inc()
+        return OverloadedError(f"shed: {exc}")
+
+    async def _primary_read(self, ref: KeyRef, deadline: float) -> Copy:
+        """The primary's copy; in degraded mode, concurrent reads of a key share one."""
+        if not self.degraded.active:
+            return await self._primary_get(ref, deadline)
+        try:
+            return await self.reads.do(
+                ref.rkey, functools.partial(self._primary_get, ref, deadline), deadline=deadline
+            )
+        except CoalescingOverflowError as exc:
+            raise TierUnavailableError(str(exc), route="primary") from exc
+        except TimeoutError as exc:
+            raise TierTimeoutError(
+                "primary: no reply before the deadline", route="primary"
+            ) from exc
 
     async def _primary_get(self, ref: KeyRef, deadline: float) -> Copy:
         """The primary's copy; redirect loops (a migrating slot) are retried with full jitter."""
         loop = asyncio.get_running_loop()
-        for attempt in range(self.retries + 1):
+        retries = self.degraded.retries(self.retries)
+        for attempt in range(retries + 1):
             try:
                 return await self.primary.get(ref, deadline=deadline)
             except RedirectLoopError:
-                pause = random.uniform(
+                pause = self.rng.uniform(
                     0, min(self.settings.retry_cap_s, self.settings.retry_base_s * 2**attempt)
                 )
-                if attempt == self.retries or loop.time() + pause >= deadline:
+                if attempt >= retries or loop.time() + pause >= deadline:
                     raise
                 await asyncio.sleep(pause)
         raise RedirectLoopError("retries exhausted", route="primary")  # not reached
@@ -216,6 +284,8 @@ class FallbackRouter:
                 copy = await tier.get(
                     ref, deadline=min(deadline, loop.time() + self.replica_timeout_s)
                 )
+            except NodeBusyError as exc:
+                raise self._shed(exc) from exc
             except TierError as exc:
                 log.debug("%s tier failed: %s", tier.name, exc)
                 telemetry.TIER_RESULTS.labels(tier=tier.name, result="error").inc()
@@ -249,31 +319,137 @@ class FallbackRouter:
         primary_answered: bool,
         policy: ReadPolicy,
     ) -> ReadResult:
+        load = functools.partial(self._load, ref, deadline, fill=primary_answered)
         try:
-            entry = await self.store.get(ref.namespace, ref.key, deadline=deadline)
-        except StoreError:
+            loaded = await self.loads.do((ref.namespace, ref.key), load, deadline=deadline)
+        except CoalescingOverflowError:
+            telemetry.SHED.labels(reason="waiters").inc()
+            fallback = attempt.fallback
+            if fallback is not None and fallback[0] <= policy.max_stale_s:
+                return ReadResult(fallback[2], fallback[1], stale_s=fallback[0])
+            raise
+        except (StoreError, TimeoutError):
             self._count["error"].inc()
             fallback = attempt.fallback
             if fallback is not None and fallback[0] <= policy.stale_if_error_s:
                 staleness, tier, stale_entry = fallback
                 return ReadResult(stale_entry, tier, stale_s=staleness, store_failed=True)
-            raise
+            raise StoreUnavailableError("the store did not answer within the deadline") from None
         self._count["secondary_fallback"].inc()
+        entry = loaded.entry
         if entry is None:
             raise KeyNotFoundError(ref.key)
-        if entry.seq < attempt.floor:
-            # A write committed while this read was under way: answer, but fill nothing.
-            return ReadResult(entry, "store", revalidated=policy.no_cache)
-        self._keep_local(ref, entry, attempt.floor)
-        filled = False
-        if primary_answered:
-            filled = (
-                await self._cache_put(ref, entry, source="fill", deadline=deadline) == "applied"
-            )
-        elif policy.no_cache:  # the primary was not asked; refresh it without waiting
+        if policy.no_cache and not primary_answered and entry.seq >= attempt.floor:
+            # The primary was not asked: refresh it without making the caller wait.
             self._spawn(self._cache_put(ref, entry, source="fill", deadline=self._cache_deadline()))
-        # After a primary failure nothing is sent to it: the outbox and later reads fill it.
-        return ReadResult(entry, "store", filled=filled, revalidated=policy.no_cache)
+        return ReadResult(
+            entry, "store", filled=loaded.filled, revalidated=policy.no_cache,
+            collapsed=loaded.from_peer,
+        )  # fmt: skip
+
+    async def _load(self, ref: KeyRef, deadline: float, *, fill: bool) -> _Loaded:
+        """One process's load of a key from the store (run once per key by ``self.loads``).
+
+        With ``fill`` (the primary answered this request), other processes are kept off the
+        store too: a short lock on the key's slot; whoever does not get it waits for the holder's
+        fill in Redis, and reads the store itself only if none comes in time. After a primary
+        failure nothing is sent to it: the outbox and later reads fill it.
+        """
+        loop = asyncio.get_running_loop()
+        token: bytes | None = None
+        if fill and self.coalescing.cross_process:
+            try:
+                token = await self.primary.lock(
+                    ref, ttl_ms=self.coalescing.lock_ttl_ms, deadline=self._cache_deadline(deadline)
+                )
+            except TierError:
+                token = b""  # Redis cannot say: coalesce within this process only
+            if token is None:
+                peer = await self._await_peer_fill(ref, deadline)
+                if peer is not None:
+                    return _Loaded(peer, filled=False, from_peer=True)
+        try:
+            began = loop.time()
+            entry = await self.store.get(ref.namespace, ref.key, deadline=deadline)
+            self._store_latency_s += 0.2 * (loop.time() - began - self._store_latency_s)
+            filled = False
+            if entry is not None and entry.seq >= (
+                self.versions.newest(ref.namespace, ref.key) or 0
+            ):
+                self._keep_local(ref, entry, 0)
+                if fill:
+                    result = await self._cache_put(ref, entry, source="fill", deadline=deadline)
+                    filled = result == "applied"
+            return _Loaded(entry, filled=filled)
+        finally:
+            if token:
+                self._spawn(self._unlock(ref, token))
+
+    async def _unlock(self, ref: KeyRef, token: bytes) -> None:
+        with contextlib.suppress(TierError):  # else it expires by itself within lock_ttl_ms
+            await self.primary.unlock(ref, token, deadline=self._cache_deadline())
+
+    async def _await_peer_fill(self, ref: KeyRef, deadline: float) -> Entry | None:
+        """Another process holds the key's load lock: wait for its fill while time allows."""
+        loop = asyncio.get_running_loop()
+        floor = self.versions.newest(ref.namespace, ref.key) or 0
+        pause = PEER_POLL_FIRST_S
+        while True:
+            # Keep enough of the deadline to read the store ourselves if the peer never fills.
+            reserve = PEER_POLL_RESERVE_S + 2 * self._store_latency_s
+            if loop.time() + pause + reserve >= deadline:
+                return None
+            await asyncio.sleep(pause)
+            try:
+                copy, held = await self.primary.poll_fill(
+                    ref, deadline=self._cache_deadline(deadline)
+                )
+            except TierError:
+                return None
+            record = copy.record
+            if isinstance(record, Entry) and record.seq >= floor:
+                telemetry.COALESCED.labels(kind="peer").inc()
+                return record
+            if not held:
+                return None  # the peer finished without a fill (absent, or its store read failed)
+            pause = min(pause * 2, PEER_POLL_MAX_S)
+
+    def _maybe_refresh_early(self, ref: KeyRef, entry: Entry) -> None:
+        """Probabilistic early expiration (XFetch, Vattani et al., VLDB 2015).
+
+        A copy in Redis lives until ``stored_at + ttl_cap``. Each hit refreshes it early with the
+        chance that ``now - delta * beta * ln(U)`` reaches that end (U uniform in (0, 1],
+        delta the time a load takes), so a hot key is reloaded by one request shortly before its
+        copy would expire, and steady traffic never meets a synchronous miss at expiry.
+        """
+        beta = self.coalescing.xfetch_beta
+        if beta <= 0:
+            return
+        life_end = entry.stored_at_ms + self.ttl_cap_ms
+        if entry.expires_at_ms is not None and entry.expires_at_ms <= life_end:
+            return  # the value itself ends then: a reload cannot extend it
+        delta_ms = max(self._store_latency_s, self.coalescing.xfetch_min_delta_s) * 1000
+        if now_ms() - delta_ms * beta * math.log(1.0 - self.rng.random()) < life_end:
+            return
+        slot = (ref.namespace, ref.key)
+        if self.loads.in_flight(slot):
+            return
+        deadline = asyncio.get_running_loop().time() + self.read_deadline_s
+        self._spawn(
+            self.loads.do(slot, functools.partial(self._refresh, ref, deadline), deadline=deadline)
+        )
+
+    async def _refresh(self, ref: KeyRef, deadline: float) -> _Loaded:
+        telemetry.CACHE_UPDATES.labels(source="early_refresh", result="started").inc()
+        entry = await self.store.get(ref.namespace, ref.key, deadline=deadline)
+        if entry is None or entry.seq < (self.versions.newest(ref.namespace, ref.key) or 0):
+            return _Loaded(entry, filled=False)
+        self._keep_local(ref, entry, 0)
+        try:
+            written = await self.primary.put(ref, entry, deadline=deadline, refresh=True)
+        except TierError:
+            written = False
+        return _Loaded(entry, filled=written)
 
     def _keep_local(self, ref: KeyRef, entry: Entry, floor: int) -> None:
         if self.local is not None and entry.seq >= floor:
@@ -347,8 +523,9 @@ class FallbackRouter:
         ):
             self.outbox.done(outbox_id)
 
-    def _cache_deadline(self) -> float:
-        return asyncio.get_running_loop().time() + self.cache_write_timeout_s
+    def _cache_deadline(self, limit: float | None = None) -> float:
+        deadline = asyncio.get_running_loop().time() + self.cache_write_timeout_s
+        return deadline if limit is None else min(deadline, limit)
 
     async def _cache_put(
         self, ref: KeyRef, record: Entry | Tombstone, *, source: str, deadline: float

@@ -22,6 +22,12 @@ class RedisSettings(BaseModel):
     connect_timeout_s: float = Field(default=0.2, gt=0, le=10)
     socket_timeout_s: float = Field(default=0.2, gt=0, le=10)
     max_connections_per_node: int = Field(default=32, ge=1, le=1024)
+    max_in_flight_per_node: int = Field(
+        default=1024,
+        ge=1,
+        le=1_000_000,
+        description="Commands queued or in flight to one node before requests are shed (503).",
+    )
     refresh_min_interval_s: float = Field(default=0.5, ge=0, le=60)
     refresh_interval_s: float = Field(default=5.0, gt=0, le=300)
     max_redirects: int = Field(default=5, ge=1, le=16)
@@ -159,6 +165,48 @@ class TopologySettings(BaseModel):
     replica_max_lag_bytes: int = Field(default=1024 * 1024, ge=0)
 
 
+class BreakerSettings(BaseModel):
+    """Circuit breakers per route (``app/breaker.py``)."""
+
+    window_s: int = Field(default=10, ge=1, le=600)
+    min_calls: int = Field(default=20, ge=1, le=100_000)
+    failure_rate: float = Field(default=0.5, gt=0, le=1)
+    slow_call_s: float = Field(default=0.05, gt=0, le=60, description="The latency SLO.")
+    slow_call_rate: float = Field(default=0.8, gt=0, le=1)
+    wait_s: float = Field(default=1.0, gt=0, le=600)
+    max_wait_s: float = Field(default=5.0, gt=0, le=3600)
+    probe_interval_s: float = Field(default=0.25, gt=0, le=60)
+    probe_timeout_s: float = Field(default=0.25, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _waits(self) -> BreakerSettings:
+        if self.wait_s > self.max_wait_s:
+            raise ValueError("wait_s must not exceed max_wait_s")
+        return self
+
+
+class CoalescingSettings(BaseModel):
+    """Singleflight in the process, a short Redis lock across processes, early refresh."""
+
+    max_waiters: int = Field(default=4096, ge=1, le=1_000_000)
+    cross_process: bool = True
+    lock_ttl_ms: int = Field(default=500, ge=10, le=60_000)
+    xfetch_beta: float = Field(default=1.0, ge=0, le=100, description="0 turns early refresh off.")
+    xfetch_min_delta_s: float = Field(
+        default=0.05, ge=0, le=60, description="Least recompute time assumed by early refresh."
+    )
+
+
+class DegradedSettings(BaseModel):
+    """The seed's runbook automated: slow fallbacks switch to a more defensive policy."""
+
+    p95_threshold_s: float = Field(default=0.05, gt=0, le=60)
+    window_s: float = Field(default=10.0, gt=0, le=3600)
+    min_samples: int = Field(default=50, ge=1, le=1_000_000)
+    retries: int = Field(default=2, ge=0, le=10)
+    evaluate_interval_s: float = Field(default=1.0, gt=0, le=60)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CACHEGW_",
@@ -175,6 +223,9 @@ class Settings(BaseSettings):
     local: LocalSettings = Field(default_factory=LocalSettings)
     feed: FeedSettings = Field(default_factory=FeedSettings)
     topology: TopologySettings = Field(default_factory=TopologySettings)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    coalescing: CoalescingSettings = Field(default_factory=CoalescingSettings)
+    degraded: DegradedSettings = Field(default_factory=DegradedSettings)
     read_deadline_ms: int = Field(default=250, ge=1, le=60000)
     read_retries: int = Field(default=3, ge=0, le=10, description="Retries of transient errors.")
     retry_base_s: float = Field(default=0.004, gt=0, le=1)

@@ -22,6 +22,7 @@ import asyncpg
 import sqlalchemy as sa
 
 from app import telemetry
+from app.breaker import Breaker
 from app.codec import Entry
 from app.errors import StoreConflictError, StoreUnavailableError
 from app.settings import PostgresSettings
@@ -149,6 +150,7 @@ class Store:
     def __init__(self, settings: PostgresSettings) -> None:
         self.settings = settings
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self.breaker: Breaker | None = None  # set by the gateway; skipped by probes
 
     async def start(self) -> None:
         # min_size 0: the pool is made even when Postgres is down; connections come on demand.
@@ -172,26 +174,58 @@ class Store:
             except TimeoutError:
                 pool.terminate()
 
-    async def _run(self, operation: str, method: str, sql: str, *args: Any, deadline: float) -> Any:
+    async def _run(
+        self,
+        operation: str,
+        method: str,
+        sql: str,
+        *args: Any,
+        deadline: float,
+        guarded: bool = True,
+    ) -> Any:
         pool = self._pool
         if pool is None:
             raise StoreUnavailableError("store not started")
+        breaker = self.breaker if guarded else None
+        if breaker is not None and not breaker.allow():
+            telemetry.STORE_QUERIES.labels(operation=operation, outcome="breaker_open").inc()
+            raise StoreUnavailableError("store: breaker open")
+        loop = asyncio.get_running_loop()
+        started: float | None = None  # set once a connection is ours: pool waits are local
         try:
-            async with asyncio.timeout_at(deadline):
-                result = await getattr(pool, method)(sql, *args)
+            async with asyncio.timeout_at(deadline), pool.acquire() as conn:
+                started = loop.time()
+                result = await getattr(conn, method)(sql, *args)
         except asyncio.CancelledError:
+            if breaker is not None:
+                breaker.release()
             raise
         except TimeoutError as exc:
             telemetry.STORE_QUERIES.labels(operation=operation, outcome="timeout").inc()
+            if breaker is not None:
+                if started is None:
+                    breaker.release()  # every connection busy here: not the store's fault
+                else:
+                    breaker.record(ok=False, duration_s=loop.time() - started)
             raise StoreUnavailableError(f"store: {operation} timed out") from exc
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             telemetry.STORE_QUERIES.labels(operation=operation, outcome="error").inc()
+            if breaker is not None:
+                breaker.record(ok=False, duration_s=loop.time() - (started or loop.time()))
             raise StoreUnavailableError(f"store: {operation}: {type(exc).__name__}") from exc
+        if breaker is not None:
+            breaker.record(ok=True, duration_s=loop.time() - (started or loop.time()))
         telemetry.STORE_QUERIES.labels(operation=operation, outcome="ok").inc()
         return result
 
     async def ping(self, *, deadline: float) -> None:
-        await self._run("ping", "fetchval", "SELECT 1", deadline=deadline)
+        await self._run("ping", "fetchval", "SELECT 1", deadline=deadline, guarded=False)
+
+    async def probe(self) -> None:
+        """The store breaker's active probe (not itself subject to the breaker)."""
+        await self.ping(
+            deadline=asyncio.get_running_loop().time() + self.settings.connect_timeout_s
+        )
 
     async def listen(
         self,

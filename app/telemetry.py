@@ -56,6 +56,17 @@ FEED_LAG = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 FEED_UP = Gauge("cachegw_invalidation_feed_up", "1 while this process receives the feed")
+COALESCED = Counter(
+    "cachegw_coalesced_waits_total", "Requests that joined a load already in flight", ["kind"]
+)
+BREAKER_STATE = Gauge(
+    "cachegw_breaker_state", "Circuit breaker per route: 0 closed, 1 half-open, 2 open", ["route"]
+)
+BREAKER_TRANSITIONS = Counter(
+    "cachegw_breaker_transitions_total", "Breaker state changes per route", ["route", "to"]
+)
+DEGRADED = Gauge("cachegw_degraded_mode", "1 while the degraded-mode policy is on")
+SHED = Counter("cachegw_shed_total", "Requests shed because of local saturation", ["reason"])
 LOCAL_ENTRIES = Gauge("cachegw_local_entries", "Entries in this process's local tier")
 LOCAL_BYTES = Gauge("cachegw_local_bytes", "Approximate bytes held by this process's local tier")
 

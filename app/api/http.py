@@ -153,11 +153,12 @@ def cache_status(result: ReadResult) -> str:
         return f"{CACHE_NAME}; fwd=stale; fwd-status=503; detail={result.tier}"
     if result.tier == "store":
         forward = "request" if result.revalidated else "miss"
-        return (
-            f"{CACHE_NAME}; fwd={forward}; stored"
-            if result.filled
-            else f"{CACHE_NAME}; fwd={forward}"
-        )
+        status = f"{CACHE_NAME}; fwd={forward}"
+        if result.filled:
+            status += "; stored"
+        if result.collapsed:
+            status += "; collapsed"
+        return status
     if result.stale_s > 0:
         return f"{CACHE_NAME}; fwd=stale; detail={result.tier}"
     return f"{CACHE_NAME}; hit; detail={result.tier}"

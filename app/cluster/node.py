@@ -38,7 +38,7 @@ class NodeOptions:
     connect_timeout_s: float = 0.2
     socket_timeout_s: float = 0.2
     max_connections: int = 32
-    max_pending: int = 2048
+    max_in_flight: int = 1024
     username: str | None = None
     password: str | None = None
 
@@ -65,11 +65,12 @@ class NodeClient:
         self._open = 0
         self._flush_scheduled = False
         self._batches: set[asyncio.Task[None]] = set()
+        self._in_flight = 0  # groups submitted and not yet answered or failed
         self._closed = False
 
     @property
     def in_flight(self) -> int:
-        return len(self._pending) + len(self._batches)
+        return self._in_flight
 
     @property
     def connections(self) -> tuple[int, int]:
@@ -81,12 +82,13 @@ class NodeClient:
         loop = asyncio.get_running_loop()
         if self._closed:
             raise NodeBusyError(f"{self.name}: client closed", route=self.name)
-        if len(self._pending) >= self.options.max_pending:
+        if self._in_flight >= self.options.max_in_flight:
             raise NodeBusyError(
-                f"{self.name}: {len(self._pending)} commands queued", route=self.name
+                f"{self.name}: {self._in_flight} commands in flight", route=self.name
             )
         future: asyncio.Future[list[Reply]] = loop.create_future()
         self._pending.append(_Group(commands, future))
+        self._in_flight += 1
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
@@ -121,6 +123,8 @@ class NodeClient:
                 group = self._pending.popleft()
                 if not group.future.done():  # a caller that gave up before the write costs nothing
                     batch.append(group)
+                else:
+                    self._in_flight -= 1
             if not batch:
                 self._idle.append(conn)
                 return
@@ -171,6 +175,7 @@ class NodeClient:
                         replies.append(await conn.read_response(disable_decoding=True))
                     except rex.ResponseError as reply:
                         replies.append(reply)
+                self._in_flight -= 1
                 if not group.future.done():
                     group.future.set_result(replies)
             healthy = True
@@ -184,9 +189,9 @@ class NodeClient:
         finally:
             await self._checkin(conn, healthy=healthy)
 
-    @staticmethod
-    def _fail(groups: list[_Group], error: Exception) -> None:
+    def _fail(self, groups: list[_Group], error: Exception) -> None:
         for group in groups:
+            self._in_flight -= 1
             if not group.future.done():
                 group.future.set_exception(error)
 

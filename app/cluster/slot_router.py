@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Callable
@@ -22,10 +23,17 @@ from dataclasses import replace
 from redis import exceptions as rex
 
 from app import telemetry
+from app.breaker import Breaker, BreakerBoard
 from app.cluster.errors import translate
 from app.cluster.node import NodeClient, NodeOptions, Reply
 from app.cluster.slots import Address, Shard, SlotMap, format_address, key_slot
-from app.errors import RedirectLoopError, TierError, TierUnavailableError
+from app.errors import (
+    BreakerOpenError,
+    NodeBusyError,
+    RedirectLoopError,
+    TierError,
+    TierUnavailableError,
+)
 from app.settings import RedisSettings
 
 log = logging.getLogger(__name__)
@@ -48,10 +56,13 @@ class SlotRouter:
         # open breaker), and what to do when the set of primaries changes (a failover).
         self.avoid: Callable[[Address], bool] = lambda address: False
         self.on_primaries_changed: Callable[[], None] = lambda: None
+        self.breakers: BreakerBoard | None = None
+        self._breaker_cache: dict[tuple[str, Address], Breaker] = {}
         self._options = NodeOptions(
             connect_timeout_s=settings.connect_timeout_s,
             socket_timeout_s=settings.socket_timeout_s,
             max_connections=settings.max_connections_per_node,
+            max_in_flight=settings.max_in_flight_per_node,
             username=settings.username,
             password=settings.password.get_secret_value() if settings.password else None,
         )
@@ -117,10 +128,10 @@ class SlotRouter:
                     f"primary {format_address(address)} is avoided", route="primary"
                 )
             client = self.node(address)
-            if asking:
-                replies = await client.call((b"ASKING",), args, deadline=deadline)
-            else:
-                replies = await client.call(args, deadline=deadline)
+            commands = ((b"ASKING",), args) if asking else (args,)
+            replies = await self._guarded_call(
+                client, self._breaker("primary", address), commands, deadline=deadline
+            )
             reply = replies[-1]
             if not isinstance(reply, rex.ResponseError):
                 return reply
@@ -146,16 +157,71 @@ class SlotRouter:
         raise RedirectLoopError(f"slot {slot}: redirections did not settle", route="primary")
 
     async def execute_on(
-        self, address: Address, *args: bytes | str | int, readonly: bool, deadline: float
+        self,
+        address: Address,
+        *args: bytes | str | int,
+        readonly: bool,
+        deadline: float,
+        route: str | None = None,
     ) -> Reply:
-        """Run one command on one node, no redirect following (a MOVED there is a failure)."""
+        """Run one command on one node, no redirect following (a MOVED there is a failure).
+
+        ``route`` (e.g. "replica") puts the call under that route's breaker at the node; the
+        watcher's and the refresher's own calls go without one.
+        """
         client = self.node(address, readonly=readonly)
-        (reply,) = await client.call(args, deadline=deadline)
+        breaker = None if route is None else self._breaker(route, address)
+        (reply,) = await self._guarded_call(client, breaker, (args,), deadline=deadline)
         if isinstance(reply, rex.ResponseError):
             if isinstance(reply, rex.AskError):  # MovedError too: the map is out of date
                 self.request_refresh("moved")
             raise translate(reply, route=client.name) from reply
         return reply
+
+    async def _guarded_call(
+        self,
+        client: NodeClient,
+        breaker: Breaker | None,
+        commands: tuple[tuple[bytes | str | int, ...], ...],
+        *,
+        deadline: float,
+    ) -> list[Reply]:
+        """One call under the route's breaker: skipped when open, its outcome recorded."""
+        if breaker is None:
+            return await client.call(*commands, deadline=deadline)
+        if not breaker.allow():
+            raise BreakerOpenError(f"{breaker.route}: breaker open", route=breaker.route)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            replies = await client.call(*commands, deadline=deadline)
+        except NodeBusyError:
+            breaker.release()  # local saturation is not the node's fault
+            raise
+        except TierError:
+            breaker.record(ok=False, duration_s=loop.time() - started)
+            raise
+        except BaseException:
+            breaker.release()
+            raise
+        down = isinstance(replies[-1], rex.ClusterDownError)
+        breaker.record(ok=not down, duration_s=loop.time() - started)
+        return replies
+
+    def _breaker(self, role: str, address: Address) -> Breaker | None:
+        if self.breakers is None:
+            return None
+        breaker = self._breaker_cache.get((role, address))
+        if breaker is None:
+            probe = functools.partial(self._probe, address, readonly=role == "replica")
+            breaker = self.breakers.get(f"{role}@{format_address(address)}", probe=probe)
+            self._breaker_cache[(role, address)] = breaker
+        return breaker
+
+    async def _probe(self, address: Address, *, readonly: bool) -> None:
+        timeout_s = self.breakers.settings.probe_timeout_s if self.breakers else 0.25
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        await self.node(address, readonly=readonly).execute(b"PING", deadline=deadline)
 
     @staticmethod
     def _redirect_target(reply: rex.AskError, current: Address) -> Address:

@@ -202,6 +202,10 @@ class Postgres(PostgresHost):
                 f"listen_addresses={HOST}",
                 "-c",
                 "max_connections=200",
+                # Lets tests count queries as Postgres itself sees them (the extension is
+                # created by the tests that need it, never by the gateway).
+                "-c",
+                "shared_preload_libraries=pg_stat_statements",
             ]
         )
         log = self.pg_dir / "pg.log"

@@ -55,3 +55,21 @@ class WritableTier(CacheTier, Protocol):
     """
 
     async def put(self, ref: KeyRef, record: Entry | Tombstone, *, deadline: float) -> bool: ...
+
+
+class PrimaryLike(WritableTier, Protocol):
+    """The primary tier: also refreshes a copy's life, and holds the key's load lock.
+
+    ``lock`` returns a token, or None when another process holds the lock; ``poll_fill`` returns
+    the key's copy and whether the lock is still held. Both raise ``TierError`` like ``get``.
+    """
+
+    async def put(
+        self, ref: KeyRef, record: Entry | Tombstone, *, deadline: float, refresh: bool = False
+    ) -> bool: ...
+
+    async def lock(self, ref: KeyRef, *, ttl_ms: int, deadline: float) -> bytes | None: ...
+
+    async def unlock(self, ref: KeyRef, token: bytes, *, deadline: float) -> None: ...
+
+    async def poll_fill(self, ref: KeyRef, *, deadline: float) -> tuple[Copy, bool]: ...

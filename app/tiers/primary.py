@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import logging
+import secrets
 
 from app.cluster.slot_router import SlotRouter
-from app.codec import SET_IF_NEWER, Entry, Tombstone, decode, encode_entry, encode_tombstone
+from app.codec import (
+    POLL_FILL,
+    SET_IF_NEWER,
+    UNLOCK,
+    Entry,
+    Tombstone,
+    decode,
+    encode_entry,
+    encode_tombstone,
+    lock_key,
+)
+from app.errors import TierUnavailableError
 from app.settings import RedisSettings
 from app.store import now_ms
 from app.tiers.base import MISS, Copy, KeyRef
@@ -39,7 +51,10 @@ class PrimaryTier:
         raw = await self.slots.execute(ref.rkey, b"GET", ref.rkey, deadline=deadline)
         return parse_reply(raw, ref)
 
-    async def put(self, ref: KeyRef, record: Entry | Tombstone, *, deadline: float) -> bool:
+    async def put(
+        self, ref: KeyRef, record: Entry | Tombstone, *, deadline: float, refresh: bool = False
+    ) -> bool:
+        """Versioned set; ``refresh`` also rewrites an entry of the same seq (a new cache life)."""
         if isinstance(record, Tombstone):
             payload, ttl_ms = encode_tombstone(record.seq), self.tombstone_ttl_ms
         else:
@@ -51,6 +66,35 @@ class PrimaryTier:
         # EVAL (not EVALSHA): a restarted node has an empty script cache, and the body is small.
         written = await self.slots.execute(
             ref.rkey, b"EVAL", SET_IF_NEWER, 1, ref.rkey, record.seq, payload, ttl_ms,
-            deadline=deadline,
+            b"1" if refresh else b"0", deadline=deadline,
         )  # fmt: skip
         return bool(written)
+
+    async def lock(self, ref: KeyRef, *, ttl_ms: int, deadline: float) -> bytes | None:
+        """Take the key's load lock for ``ttl_ms``: the token, or None when another holds it.
+
+        Raises ``TierUnavailableError`` when the key has no lock key in its slot.
+        """
+        key = lock_key(ref.rkey)
+        if key is None:
+            raise TierUnavailableError("no lock key in this slot", route="primary")
+        token = secrets.token_hex(8).encode()
+        taken = await self.slots.execute(
+            ref.rkey, b"SET", key, token, b"NX", b"PX", ttl_ms, deadline=deadline
+        )
+        return token if taken is not None else None
+
+    async def unlock(self, ref: KeyRef, token: bytes, *, deadline: float) -> None:
+        key = lock_key(ref.rkey)
+        if key is not None:
+            await self.slots.execute(ref.rkey, b"EVAL", UNLOCK, 1, key, token, deadline=deadline)
+
+    async def poll_fill(self, ref: KeyRef, *, deadline: float) -> tuple[Copy, bool]:
+        """The key's copy, and whether its load lock is still held (another process loading)."""
+        key = lock_key(ref.rkey)
+        if key is None:
+            raise TierUnavailableError("no lock key in this slot", route="primary")
+        raw, held = await self.slots.execute(
+            ref.rkey, b"EVAL", POLL_FILL, 2, ref.rkey, key, deadline=deadline
+        )
+        return parse_reply(raw, ref), bool(held)

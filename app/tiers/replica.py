@@ -34,7 +34,7 @@ class ReplicaTier:
         for address in candidates:
             try:
                 raw = await self.slots.execute_on(
-                    address, b"GET", ref.rkey, readonly=True, deadline=deadline
+                    address, b"GET", ref.rkey, readonly=True, deadline=deadline, route="replica"
                 )
             except TierError as exc:
                 error = exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,9 +44,28 @@ class FakeTier:
         self.gets += 1
         return Copy(self.on_get(ref), self.behind_s)
 
-    async def put(self, ref: KeyRef, record: Entry | Tombstone, *, deadline: float) -> bool:
+    async def put(
+        self, ref: KeyRef, record: Entry | Tombstone, *, deadline: float, refresh: bool = False
+    ) -> bool:
         self.puts.append(record)
+        if refresh and isinstance(record, Entry):
+            self.refreshes += 1
+            self.data[ref.rkey] = record
+            return True
         return self.on_put(ref, record)
+
+    # The load lock, as another process would hold it: ``held_by_peer`` keeps it taken.
+    held_by_peer = False
+    refreshes = 0
+
+    async def lock(self, ref: KeyRef, *, ttl_ms: int, deadline: float) -> bytes | None:
+        return None if self.held_by_peer else b"token"
+
+    async def unlock(self, ref: KeyRef, token: bytes, *, deadline: float) -> None:
+        return None
+
+    async def poll_fill(self, ref: KeyRef, *, deadline: float) -> tuple[Copy, bool]:
+        return Copy(self.data.get(ref.rkey)), self.held_by_peer
 
 
 @dataclass
@@ -54,6 +74,7 @@ class FakeStore:
     down: bool = False
     seq: int = 100
     gets: int = 0
+    gate: asyncio.Event | None = None  # when set, reads wait for it (to force overlap)
 
     def _check(self) -> None:
         if self.down:
@@ -62,6 +83,8 @@ class FakeStore:
     async def get(self, namespace: str, key: str, *, deadline: float) -> Entry | None:
         self._check()
         self.gets += 1
+        if self.gate is not None:
+            await self.gate.wait()
         return self.rows.get(key)
 
     async def put(self, namespace: str, key: str, value: bytes, **kw: object) -> WriteResult:

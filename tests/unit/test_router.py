@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -10,7 +11,9 @@ from prometheus_client import REGISTRY
 from app.codec import Entry, Tombstone
 from app.errors import (
     KeyNotFoundError,
+    NodeBusyError,
     NotCachedError,
+    OverloadedError,
     RedirectLoopError,
     StoreUnavailableError,
     TierTimeoutError,
@@ -19,6 +22,8 @@ from app.errors import (
 from app.feed import FeedState, VersionMap
 from app.router import FallbackRouter, ReadPolicy
 from app.settings import LocalSettings, Settings
+from app.store import now_ms
+from app.tiers.base import Copy
 from app.tiers.local import LocalTier
 from tests.unit.fakes import FakeClock, FakeOutbox, FakeStore, FakeTier, entry
 
@@ -286,3 +291,93 @@ async def test_a_store_failure_on_write_changes_no_cache() -> None:
     assert rig.primary.puts == []
     assert rig.local.lookup(rig.ref).record is None
     assert rig.outbox.done_ids == []
+
+
+async def test_concurrent_misses_of_one_key_make_one_store_read() -> None:
+    gate = asyncio.Event()
+    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 5)}, gate=gate))
+    readers = [asyncio.ensure_future(rig.router.get(rig.ref)) for _ in range(100)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*readers)
+    assert {r.entry.value for r in results} == {b"stored"}
+    assert rig.store.gets == 1
+
+
+async def test_another_process_holding_the_lock_fills_and_this_one_reads_the_fill() -> None:
+    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 5)}))
+    rig.primary.held_by_peer = True
+    calls = 0
+
+    def miss_then_filled(ref: object) -> Entry | None:
+        nonlocal calls
+        calls += 1
+        return None if calls == 1 else entry(b"peer fill", 5)
+
+    rig.primary.on_get = miss_then_filled
+    rig.primary.data[rig.ref.rkey] = entry(b"peer fill", 5)  # what poll_fill sees
+    result = await rig.router.get(rig.ref)
+    assert (result.entry.value, result.tier, result.collapsed) == (b"peer fill", "store", True)
+    assert rig.store.gets == 0
+
+
+async def test_a_peer_that_never_fills_leaves_time_for_our_own_store_read() -> None:
+    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 5)}))
+    rig.primary.held_by_peer = True
+    rig.primary.on_get = lambda ref: None
+    result = await rig.router.get(rig.ref)
+    assert (result.entry.value, result.tier, result.collapsed) == (b"stored", "store", False)
+    assert rig.store.gets == 1
+
+
+async def test_a_hot_key_near_the_end_of_its_cache_life_is_refreshed_early_once() -> None:
+    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 5)}))
+    almost_gone = Entry(b"cached", "a/b", 5, 5, stored_at_ms=now_ms() - rig.router.ttl_cap_ms + 10)
+    rig.primary.data[rig.ref.rkey] = almost_gone
+    results = [await rig.router.get(rig.ref) for _ in range(20)]
+    assert {r.tier for r in results} == {"primary"}  # never a synchronous miss
+    await rig.router.drain()
+    assert rig.store.gets == 1
+    assert rig.primary.refreshes == 1
+    assert rig.primary.data[rig.ref.rkey].value == b"stored"  # a new life, from the store
+
+
+async def test_a_key_far_from_the_end_of_its_cache_life_is_not_refreshed() -> None:
+    rig = Rig()
+    rig.primary.data[rig.ref.rkey] = Entry(b"cached", "a/b", 5, 5, stored_at_ms=now_ms())
+    for _ in range(200):
+        await rig.router.get(rig.ref)
+    await rig.router.drain()
+    assert rig.primary.refreshes == 0
+
+
+async def test_a_full_local_queue_for_a_node_is_shed_not_failed_over() -> None:
+    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 5)}))
+    rig.primary_fails(NodeBusyError("queue full", route="primary"))
+    with pytest.raises(OverloadedError):
+        await rig.router.get(rig.ref)
+    assert rig.replica.gets == 0
+    assert rig.store.gets == 0
+
+
+async def test_degraded_mode_coalesces_reads_of_the_primary_and_retries_less() -> None:
+    rig = Rig()
+    rig.router.degraded.active = True
+    gate = asyncio.Event()
+    calls = 0
+
+    async def slow_get(ref: object, *, deadline: float) -> Copy:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return Copy(entry(b"v"))
+
+    rig.primary.get = slow_get  # type: ignore[method-assign]
+    readers = [asyncio.ensure_future(rig.router.get(rig.ref)) for _ in range(30)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    gate.set()
+    assert {r.entry.value for r in await asyncio.gather(*readers)} == {b"v"}
+    assert calls == 1
+    assert rig.router.degraded.retries(3) == 2
