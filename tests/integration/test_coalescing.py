@@ -1,0 +1,104 @@
+"""Cold-key stampedes cost one store query, counted by Postgres itself (pg_stat_statements)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from app.devstack import Stack
+from tests.integration.conftest import gateway_client, settings_for
+from tests.integration.harness import gateway_process
+from tests.integration.rawhttp import Connection
+
+GET_QUERY = "%FROM entries WHERE namespace = $1 AND key = $2%"
+
+
+async def cold_key(stack: Stack, value: bytes) -> str:
+    """A key in the store only: written with SQL, so no cache, outbox row or feed knows it."""
+    key = f"cold-{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(stack.pg_dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO entries (namespace, key, value, content_type, version, cache_seq) "
+            "VALUES ('default', $1, $2, 'text/plain', nextval('entry_version_seq'), "
+            "currval('entry_version_seq'))",
+            key,
+            value,
+        )
+    finally:
+        await conn.close()
+    return key
+
+
+async def reset_statements(stack: Stack) -> None:
+    conn = await asyncpg.connect(stack.pg_dsn)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        await conn.execute("SELECT pg_stat_statements_reset()")
+    finally:
+        await conn.close()
+
+
+async def store_reads(stack: Stack) -> int:
+    conn = await asyncpg.connect(stack.pg_dsn)
+    try:
+        calls: int = await conn.fetchval(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query LIKE $1", GET_QUERY
+        )
+        return calls
+    finally:
+        await conn.close()
+
+
+async def stampede(base: str, stack: Stack, rounds: int) -> list[int]:
+    """``rounds`` times: a new cold key, 1,000 concurrent GETs of it; store reads per round."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    async with httpx.AsyncClient(base_url=base, timeout=5) as warm:  # every worker up
+        for _ in range(20):
+            await warm.get("/livez")
+    connections = [Connection(host, int(port)) for _ in range(1000)]
+    try:
+        results = []
+        for round_ in range(rounds):
+            key = await cold_key(stack, b"cold value")
+            await reset_statements(stack)
+            replies = await asyncio.gather(
+                *(c.request("GET", f"/v1/keys/{key}") for c in connections)
+            )
+            assert {r.status for r in replies} == {200}, round_
+            assert {r.content for r in replies} == {b"cold value"}
+            results.append(await store_reads(stack))
+        return results
+    finally:
+        await asyncio.gather(*(c.close() for c in connections))
+
+
+async def test_1000_concurrent_reads_of_a_cold_key_make_one_store_query(
+    stack: Stack, tmp_path: Path
+) -> None:
+    with gateway_process(stack, tmp_path) as base:
+        assert await stampede(base, stack, 3) == [1, 1, 1]
+
+
+async def test_1000_concurrent_reads_in_one_event_loop(stack: Stack) -> None:
+    """The same through the in-process app, every request in one loop (a generous deadline:
+    the test client's own work shares the loop)."""
+    settings = settings_for(stack, read_deadline_ms=10_000, redis={"primary_timeout_ms": 5000})
+    async with gateway_client(settings) as (client, _):
+        key = await cold_key(stack, b"cold value")
+        await reset_statements(stack)
+        responses = await asyncio.gather(*(client.get(f"/v1/keys/{key}") for _ in range(1000)))
+        assert {r.status_code for r in responses} == {200}
+        assert await store_reads(stack) == 1
+
+
+async def test_two_worker_processes_make_at_most_two_store_queries(
+    stack: Stack, tmp_path: Path
+) -> None:
+    with gateway_process(stack, tmp_path, WORKERS="2") as base:
+        results = await stampede(base, stack, 3)
+    assert max(results) <= 2, results
