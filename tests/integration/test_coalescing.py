@@ -47,7 +47,8 @@ async def store_reads(stack: Stack) -> int:
     conn = await asyncpg.connect(stack.pg_dsn)
     try:
         calls: int = await conn.fetchval(
-            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query LIKE $1", GET_QUERY
+            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements WHERE query LIKE $1",
+            GET_QUERY,
         )
         return calls
     finally:
