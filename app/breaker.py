@@ -91,6 +91,12 @@ class Breaker:
             return
         if self.state is State.OPEN:
             return  # a call that started before the breaker opened
+        buckets = self._buckets
+        if ok and duration_s <= self.settings.slow_call_s and buckets:
+            current = buckets[-1]
+            if current.second == int(self.clock()):  # the common case, kept cheap
+                current.calls += 1
+                return
         bucket = self._bucket()
         slow = duration_s > self.settings.slow_call_s
         bucket.calls += 1

@@ -41,13 +41,13 @@ Quick start:
 
 
 class GatewayApp(FastAPI):
-    """FastAPI, with the hottest request (GET/HEAD of a key) answered before its routing."""
+    """FastAPI, with the key operations answered before its routing (see ``api/lean.py``)."""
 
-    lean_reads = True
+    lean_path = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.lean_reads and lean.wants_lean(scope):
-            await lean.serve_read(self.state.gateway, scope, receive, send)
+        if self.lean_path and lean.wants_lean(scope):
+            await lean.serve(self.state.gateway, scope, receive, send)
             return
         await super().__call__(scope, receive, send)
 
@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
     )
     app.state.settings = settings
-    app.lean_reads = settings.lean_reads
+    app.lean_path = settings.lean_path
     problems.install(app)
     app.include_router(keys.router)
     app.include_router(health.router)

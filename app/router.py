@@ -56,6 +56,7 @@ from app.tiers.local import LocalTier
 
 log = logging.getLogger(__name__)
 
+XFETCH_HORIZON = 30
 PEER_POLL_FIRST_S = 0.002
 PEER_POLL_MAX_S = 0.02
 PEER_POLL_RESERVE_S = 0.02
@@ -429,7 +430,10 @@ class FallbackRouter:
         if entry.expires_at_ms is not None and entry.expires_at_ms <= life_end:
             return  # the value itself ends then: a reload cannot extend it
         delta_ms = max(self._store_latency_s, self.coalescing.xfetch_min_delta_s) * 1000
-        if now_ms() - delta_ms * beta * math.log(1.0 - self.rng.random()) < life_end:
+        ahead_ms = life_end - now_ms()
+        if ahead_ms > XFETCH_HORIZON * delta_ms * beta:
+            return  # the chance is below e^-XFETCH_HORIZON: skip the random draw
+        if -delta_ms * beta * math.log(1.0 - self.rng.random()) < ahead_ms:
             return
         slot = (ref.namespace, ref.key)
         if self.loads.in_flight(slot):

@@ -235,6 +235,6 @@ class Settings(BaseSettings):
         default="default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
     )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
-    lean_reads: bool = Field(
-        default=True, description="Serve GET/HEAD of a key on the lean ASGI path, not FastAPI's."
+    lean_path: bool = Field(
+        default=True, description="Serve the key operations on the lean ASGI path, not FastAPI's."
     )

@@ -82,6 +82,16 @@ HTTP_DURATION = Histogram(
 )  # fmt: skip
 
 
+_http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+
 def record_http(handler: str, method: str, status: int, duration_s: float) -> None:
-    HTTP_REQUESTS.labels(handler, method, f"{status // 100}xx").inc()
-    HTTP_DURATION.labels(handler, method).observe(duration_s)
+    children = _http_children.get((handler, method, status))
+    if children is None:  # resolve the labelled children once per (route, method, status)
+        children = (
+            HTTP_REQUESTS.labels(handler, method, f"{status // 100}xx"),
+            HTTP_DURATION.labels(handler, method),
+        )
+        _http_children[(handler, method, status)] = children
+    children[0].inc()
+    children[1].observe(duration_s)

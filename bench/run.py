@@ -164,8 +164,8 @@ def summarize(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         out[scenario] = {
             "rps_ratios": rps,
             "p99_ratios": p99,
-            "median_rps_ratio": statistics.median(rps),
-            "median_p99_ratio": statistics.median(p99),
+            "median_rps_ratio": round(statistics.median(rps), 3),
+            "median_p99_ratio": round(statistics.median(p99), 3),
         }
     report["summary"] = out
     return out

@@ -10,7 +10,6 @@ import re
 from collections.abc import AsyncIterator
 from urllib.parse import unquote_to_bytes
 
-from app.api.conditional import etag
 from app.codec import Entry
 from app.errors import (
     InvalidCacheControlError,
@@ -170,14 +169,24 @@ def age_s(result: ReadResult, now_ms: int) -> int:
     return max(since_stored, math.ceil(result.stale_s))
 
 
-def entry_headers(result: ReadResult, now_ms: int) -> dict[str, str]:
+# The answer of nearly every read, precomputed.
+_HIT_PRIMARY = f"{CACHE_NAME}; hit; detail=primary".encode()
+
+
+def entry_headers(result: ReadResult, now_ms: int) -> list[tuple[bytes, bytes]]:
+    """ETag, Age, Cache-Status and (with a ttl) Cache-Control, as raw ASGI header pairs.
+
+    Both read paths answer with these (the FastAPI route and the lean path), built straight as
+    bytes because this runs on every read.
+    """
     entry: Entry = result.entry
-    headers = {
-        "ETag": etag(entry.version),
-        "Age": str(age_s(result, now_ms)),
-        "Cache-Status": cache_status(result),
-    }
-    remaining_ms = entry.ttl_ms(now_ms)
-    if remaining_ms is not None:
-        headers["Cache-Control"] = f"max-age={max(0, remaining_ms // 1000)}"
+    status = _HIT_PRIMARY if result.tier == "primary" and not result.stale_s else None
+    headers = [
+        (b"etag", b'"%d"' % entry.version),
+        (b"age", b"%d" % age_s(result, now_ms)),
+        (b"cache-status", status or cache_status(result).encode()),
+    ]
+    if entry.expires_at_ms is not None:
+        remaining_s = max(0, (entry.expires_at_ms - now_ms) // 1000)
+        headers.append((b"cache-control", b"max-age=%d" % remaining_s))
     return headers

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from app.api import schemas
-from app.api.conditional import etag, none_match, parse_tag_list
-from app.api.http import (
-    content_type_of,
-    entry_headers,
-    key_from_raw_path,
-    read_limited,
-    read_policy,
-)
-from app.errors import InvalidPreconditionError, InvalidTtlError
+from app.api import handlers, schemas
+from app.api.http import key_from_raw_path
 from app.gateway import Gateway
-from app.store import now_ms
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
@@ -54,36 +42,11 @@ def gateway_of(request: Request) -> Gateway:
     return gateway
 
 
-def _key(request: Request, gateway: Gateway) -> str:
-    raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
-    return key_from_raw_path(raw_path, max_bytes=gateway.settings.limits.max_key_bytes)
-
-
-def _single(request: Request, name: str) -> str | None:
-    values = request.query_params.getlist(name)
-    if len(values) > 1:
-        raise InvalidTtlError(f"the query parameter {name} is given {len(values)} times")
-    return values[0] if values else None
-
-
-async def _read(request: Request, if_none_match: str | None, *, head: bool) -> Response:
-    gateway = gateway_of(request)
-    key = _key(request, gateway)
-    tags = None if if_none_match is None else parse_tag_list(if_none_match, name="If-None-Match")
-    policy = read_policy(
-        request.headers.get("cache-control"),
-        staleness=gateway.settings.staleness,
-        default=gateway.router.default_policy,
-    )
-    result = await gateway.router.get(gateway.router.ref(gateway.settings.namespace, key), policy)
-    headers = entry_headers(result, now_ms())
-    if tags is not None and none_match(tags, result.entry.version):
-        return Response(status_code=304, headers=headers)
-    headers["Content-Type"] = result.entry.content_type
-    if head:
-        headers["Content-Length"] = str(len(result.entry.value))
-        return Response(status_code=200, headers=headers)
-    return Response(result.entry.value, status_code=200, headers=headers)
+def answer(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> Response:
+    """A handler's answer as a Starlette response, headers exactly as the handler made them."""
+    response = Response(body, status_code=status)
+    response.raw_headers = headers
+    return response
 
 
 READ_OK = {
@@ -124,7 +87,7 @@ async def get_key(
     cache_control: CacheControl = None,
 ) -> Response:
     """Answer from the fastest tier that can answer correctly; `Cache-Status` says which."""
-    return await _read(request, if_none_match, head=False)
+    return answer(*await handlers.read(gateway_of(request), request.scope))
 
 
 @router.head(
@@ -141,7 +104,7 @@ async def head_key(
     cache_control: CacheControl = None,
 ) -> Response:
     """As GET, without the body."""
-    return await _read(request, if_none_match, head=True)
+    return answer(*await handlers.read(gateway_of(request), request.scope))
 
 
 @router.put(
@@ -189,55 +152,7 @@ async def put_key(
     ] = None,
 ) -> Response:
     """Durable before acknowledged: 2xx only after the store committed."""
-    gateway = gateway_of(request)
-    limits = gateway.settings.limits
-    name = _key(request, gateway)
-    _single(request, "ttl")
-    if ttl is not None and not limits.min_ttl_s <= ttl <= limits.max_ttl_s:
-        raise InvalidTtlError(f"ttl must be from {limits.min_ttl_s} to {limits.max_ttl_s} seconds")
-    match_tags = None if if_match is None else parse_tag_list(if_match, name="If-Match")
-    create_only = False
-    if if_none_match is not None:
-        if not parse_tag_list(if_none_match, name="If-None-Match").any:
-            raise InvalidPreconditionError("on PUT, If-None-Match supports only *")
-        create_only = True
-    content_type = content_type_of(request.headers.get("content-type"))
-    value = await read_limited(
-        request.stream(),
-        content_length=request.headers.get("content-length"),
-        limit=limits.max_value_bytes,
-    )
-    result = await gateway.router.put(
-        gateway.router.ref(gateway.settings.namespace, name),
-        value,
-        content_type=content_type,
-        ttl_s=ttl,
-        if_match=None
-        if match_tags is None or match_tags.any
-        else match_tags.versions(strong_only=True),
-        if_exists=match_tags is not None and match_tags.any,
-        if_none_match=create_only,
-    )
-    expires_at = (
-        None
-        if result.expires_at_ms is None
-        else datetime.fromtimestamp(result.expires_at_ms / 1000, tz=UTC).isoformat()
-    )
-    body = {
-        "key": name,
-        "version": result.version,
-        "etag": etag(result.version),
-        "expires_at": expires_at,
-    }
-    headers = {"ETag": etag(result.version)}
-    if result.created:
-        headers["Location"] = "/v1/keys/" + quote(name, safe="")
-    return Response(
-        json.dumps(body, ensure_ascii=False).encode(),
-        status_code=201 if result.created else 200,
-        media_type="application/json",
-        headers=headers,
-    )
+    return answer(*await handlers.put(gateway_of(request), request.scope, request.stream()))
 
 
 @router.delete(
@@ -263,14 +178,7 @@ async def delete_key(
     ] = None,
 ) -> Response:
     """Durable before acknowledged; no tier serves the key afterwards."""
-    gateway = gateway_of(request)
-    name = _key(request, gateway)
-    tags = None if if_match is None else parse_tag_list(if_match, name="If-Match")
-    await gateway.router.delete(
-        gateway.router.ref(gateway.settings.namespace, name),
-        if_match=None if tags is None or tags.any else tags.versions(strong_only=True),
-    )
-    return Response(status_code=204)
+    return answer(*await handlers.delete(gateway_of(request), request.scope))
 
 
 @router.post(
@@ -288,10 +196,7 @@ async def delete_key(
 )
 async def invalidate_key(request: Request, key: KeyParam) -> Response:
     """Until a fresh fill from the store, no tier serves an older copy of the key."""
-    gateway = gateway_of(request)
-    name = _key(request, gateway)
-    await gateway.router.invalidate(gateway.router.ref(gateway.settings.namespace, name))
-    return Response(status_code=204)
+    return answer(*await handlers.invalidate(gateway_of(request), request.scope))
 
 
 @router.api_route(
@@ -301,5 +206,6 @@ async def invalidate_key(request: Request, key: KeyParam) -> Response:
 )
 async def no_such_key_route(request: Request) -> Response:
     """Paths under /v1/keys that no route matched: a key with an encoded '/' gets its 422."""
-    _key(request, gateway_of(request))
+    raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    key_from_raw_path(raw_path, max_bytes=gateway_of(request).settings.limits.max_key_bytes)
     raise StarletteHTTPException(status_code=404, detail="Not Found")

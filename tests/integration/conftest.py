@@ -105,19 +105,19 @@ ClientFactory = Callable[..., Any]
 
 
 @pytest.fixture(params=[True, False], ids=["lean", "fastapi"])
-def lean_reads(request: pytest.FixtureRequest) -> bool:
-    """The key API's conformance tests run against both read paths."""
+def lean_path(request: pytest.FixtureRequest) -> bool:
+    """The key API's conformance tests run against both paths (lean and FastAPI)."""
     value: bool = request.param
     return value
 
 
 @pytest.fixture
-async def client(stack: Stack, lean_reads: bool) -> AsyncIterator[httpx.AsyncClient]:
-    async with gateway_client(settings_for(stack, lean_reads=lean_reads)) as (http, _):
+async def client(stack: Stack, lean_path: bool) -> AsyncIterator[httpx.AsyncClient]:
+    async with gateway_client(settings_for(stack, lean_path=lean_path)) as (http, _):
         yield http
 
 
 @pytest.fixture
-async def gw(stack: Stack, lean_reads: bool) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
-    async with gateway_client(settings_for(stack, lean_reads=lean_reads)) as pair:
+async def gw(stack: Stack, lean_path: bool) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
+    async with gateway_client(settings_for(stack, lean_path=lean_path)) as pair:
         yield pair

@@ -225,3 +225,19 @@ def test_parse_cluster_shards_accepts_resp3_maps() -> None:
     ]  # fmt: skip
     (shard,) = parse_cluster_shards(raw)
     assert shard.primary == ("127.0.0.1", 7000)
+
+
+def test_pack_matches_redis_py_and_keeps_large_values_apart() -> None:
+    from redis.asyncio.connection import Connection
+
+    from app.cluster.node import LARGE_ARGUMENT_BYTES, pack
+
+    commands = [
+        (b"GET", b"k"),
+        ("SET", "\u00e9", 5),
+        (b"EVAL", b"x" * (LARGE_ARGUMENT_BYTES + 1), 1),
+    ]
+    reference = b"".join(Connection(host="x", port=1).pack_commands(commands))
+    chunks = pack(commands)
+    assert b"".join(chunks) == reference
+    assert any(len(chunk) == LARGE_ARGUMENT_BYTES + 1 for chunk in chunks)

@@ -1,0 +1,150 @@
+"""The key operations as functions of the ASGI scope: one implementation for both paths.
+
+The FastAPI routes in ``keys.py`` document these operations and call them; the lean ASGI path in
+``lean.py`` calls them without FastAPI's routing. Each returns the status, the raw headers and the
+body; every error is raised as one of the gateway's exceptions and mapped to a problem by
+``problems.error_response``. Validation happens before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from app.api.conditional import none_match, parse_tag_list
+from app.api.http import (
+    content_type_of,
+    entry_headers,
+    key_from_raw_path,
+    read_limited,
+    read_policy,
+)
+from app.errors import InvalidPreconditionError, InvalidTtlError
+from app.gateway import Gateway
+from app.store import now_ms
+
+Scope = MutableMapping[str, Any]
+Headers = list[tuple[bytes, bytes]]
+Answer = tuple[int, Headers, bytes]
+
+JSON = (b"content-type", b"application/json")
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """A request header (its first occurrence), as text."""
+    for key, value in scope["headers"]:
+        if key == name:
+            text: str = value.decode("latin-1")
+            return text
+    return None
+
+
+def _key(gateway: Gateway, scope: Scope) -> str:
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+    return key_from_raw_path(raw_path, max_bytes=gateway.settings.limits.max_key_bytes)
+
+
+def _ttl(gateway: Gateway, scope: Scope) -> int | None:
+    values = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True).get(
+        "ttl", []
+    )
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidTtlError(f"the query parameter ttl is given {len(values)} times")
+    limits = gateway.settings.limits
+    text = values[0].strip()
+    if not text.isdigit() or not limits.min_ttl_s <= int(text) <= limits.max_ttl_s:
+        raise InvalidTtlError(
+            f"ttl must be a whole number of seconds from {limits.min_ttl_s} to {limits.max_ttl_s}"
+        )
+    return int(text)
+
+
+def _match(value: str | None) -> tuple[list[int] | None, bool]:
+    """If-Match as (versions to match, or None; whether it is ``*``)."""
+    if value is None:
+        return None, False
+    tags = parse_tag_list(value, name="If-Match")
+    return (None, True) if tags.any else (tags.versions(strong_only=True), False)
+
+
+async def read(gateway: Gateway, scope: Scope) -> Answer:
+    """GET and HEAD of a key."""
+    settings = gateway.settings
+    key = _key(gateway, scope)
+    if_none_match = cache_control = None
+    for name, value in scope["headers"]:
+        if name == b"if-none-match":
+            if_none_match = value.decode("latin-1")
+        elif name == b"cache-control":
+            cache_control = value.decode("latin-1")
+    tags = None if if_none_match is None else parse_tag_list(if_none_match, name="If-None-Match")
+    router = gateway.router
+    policy = (
+        router.default_policy
+        if cache_control is None
+        else read_policy(cache_control, staleness=settings.staleness, default=router.default_policy)
+    )
+    result = await router.get(router.ref(settings.namespace, key), policy)
+    entry = result.entry
+    headers = entry_headers(result, now_ms())
+    if tags is not None and none_match(tags, entry.version):
+        return 304, headers, b""
+    headers.append((b"content-type", entry.content_type.encode("latin-1")))
+    headers.append((b"content-length", b"%d" % len(entry.value)))
+    return 200, headers, b"" if scope["method"] == "HEAD" else entry.value
+
+
+async def put(gateway: Gateway, scope: Scope, body: AsyncIterator[bytes]) -> Answer:
+    """PUT of a key: 2xx only after the store committed."""
+    key = _key(gateway, scope)
+    ttl = _ttl(gateway, scope)
+    if_match, if_exists = _match(header(scope, b"if-match"))
+    create_only = False
+    if_none_match = header(scope, b"if-none-match")
+    if if_none_match is not None:
+        if not parse_tag_list(if_none_match, name="If-None-Match").any:
+            raise InvalidPreconditionError("on PUT, If-None-Match supports only *")
+        create_only = True
+    content_type = content_type_of(header(scope, b"content-type"))
+    limit = gateway.settings.limits.max_value_bytes
+    value = await read_limited(body, content_length=header(scope, b"content-length"), limit=limit)
+    router = gateway.router
+    result = await router.put(
+        router.ref(gateway.settings.namespace, key), value,
+        content_type=content_type, ttl_s=ttl,
+        if_match=if_match, if_exists=if_exists, if_none_match=create_only,
+    )  # fmt: skip
+    expires_at = (
+        None
+        if result.expires_at_ms is None
+        else datetime.fromtimestamp(result.expires_at_ms / 1000, tz=UTC).isoformat()
+    )
+    etag = f'"{result.version}"'
+    document = {"key": key, "version": result.version, "etag": etag, "expires_at": expires_at}
+    content = json.dumps(document, ensure_ascii=False).encode()
+    headers: Headers = [JSON, (b"content-length", b"%d" % len(content)), (b"etag", etag.encode())]
+    if result.created:
+        headers.append((b"location", b"/v1/keys/" + quote(key, safe="").encode()))
+    return 201 if result.created else 200, headers, content
+
+
+async def delete(gateway: Gateway, scope: Scope) -> Answer:
+    """DELETE of a key: 204 once the store committed; 404 when absent."""
+    key = _key(gateway, scope)
+    if_match, _ = _match(header(scope, b"if-match"))
+    router = gateway.router
+    await router.delete(router.ref(gateway.settings.namespace, key), if_match=if_match)
+    return 204, [], b""
+
+
+async def invalidate(gateway: Gateway, scope: Scope) -> Answer:
+    """POST /v1/keys/{key}/invalidate: every cache tier drops the key; the store keeps it."""
+    key = _key(gateway, scope)
+    router = gateway.router
+    await router.invalidate(router.ref(gateway.settings.namespace, key))
+    return 204, [], b""
