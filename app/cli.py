@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 DEFAULT_ENV_FILE = Path(".devstack/env")
@@ -32,24 +34,47 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     _env_file(args.env_file)
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        loop="uvloop",
-        http="httptools",
-        log_level="info",
-        access_log=False,
-    )
+    metrics_dir = _multiprocess_metrics(args.workers)
+    try:
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            loop="uvloop",
+            http="httptools",
+            log_level="info",
+            log_config=None,  # the app logs JSON (app/logs.py), uvicorn's lines included
+            access_log=False,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
-def migrate(args: argparse.Namespace) -> int:
-    from alembic.config import Config
+def _multiprocess_metrics(workers: int) -> Path | None:
+    """With several workers, metrics are summed over them (prometheus multiprocess mode).
 
+    The directory must be set before the workers import prometheus_client; they inherit it.
+    Returns the directory made here (to remove afterwards), or None.
+    """
+    if workers <= 1:
+        return None
+    existing = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if existing:
+        for stale in Path(existing).glob("*.db"):  # left by processes of an earlier run
+            stale.unlink()
+        return None
+    path = Path(tempfile.mkdtemp(prefix="cachegw-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path
+
+
+def migrate(args: argparse.Namespace) -> int:
     from alembic import command
+    from alembic.config import Config
 
     _env_file(args.env_file)
     config = Config(str(Path(__file__).resolve().parent.parent / "alembic.ini"))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
+from app import telemetry
 from app.breaker import BreakerBoard
 from app.cluster.slot_router import SlotRouter
 from app.cluster.topology import TopologyWatcher
@@ -20,6 +23,8 @@ from app.tiers.replica import ReplicaTier
 
 log = logging.getLogger(__name__)
 
+GAUGE_INTERVAL_S = 1.0
+
 
 @dataclass
 class Gateway:
@@ -33,6 +38,7 @@ class Gateway:
     router: FallbackRouter
     breakers: BreakerBoard
     degraded: DegradedMode
+    _gauges: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
@@ -86,6 +92,7 @@ class Gateway:
         await self.outbox.start()
         await self.breakers.start()
         await self.degraded.start()
+        self._gauges = asyncio.get_running_loop().create_task(self._refresh_gauges())
         log.info(
             "gateway started: %d of 16384 slots mapped, feed %s, read deadline %d ms",
             self.slots.map.covered(),
@@ -93,8 +100,19 @@ class Gateway:
             self.settings.read_deadline_ms,
         )
 
+    async def _refresh_gauges(self) -> None:
+        """Gauges of state that changes on every request, set once a second, not per request."""
+        while True:
+            self.local.update_gauges()
+            telemetry.SLOTS_MAPPED.set(self.slots.map.covered())
+            await asyncio.sleep(GAUGE_INTERVAL_S)
+
     async def aclose(self) -> None:
         """Stop background work first, then close clients (redis-py's aclose is not terminal)."""
+        if self._gauges is not None:
+            self._gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gauges
         await self.degraded.aclose()
         await self.breakers.aclose()
         await self.outbox.aclose()

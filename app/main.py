@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,11 +10,13 @@ from typing import Any
 import prometheus_client
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_fastapi_instrumentator import Instrumentator, metrics
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import telemetry
+from app import logs, telemetry, tracing
 from app.api import admin, health, keys, lean, problems
 from app.gateway import Gateway
 from app.settings import Settings
@@ -41,15 +42,43 @@ Quick start:
 
 
 class GatewayApp(FastAPI):
-    """FastAPI, with the key operations answered before its routing (see ``api/lean.py``)."""
+    """FastAPI, with the key operations answered before its routing (see ``api/lean.py``).
+
+    Every HTTP answer carries the request id (the caller's ``X-Request-ID`` if it is sane, else a
+    new one), which every log line of the request carries too.
+    """
 
     lean_path = True
+    traced_lean: ASGIApp | None = None  # the lean path inside OpenTelemetry's ASGI middleware
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.lean_path and lean.wants_lean(scope):
-            await lean.serve(self.state.gateway, scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        offered = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                offered = value
+                break
+        request_id = logs.new_request_id(offered)
+        id_header = (b"x-request-id", request_id.encode())
+        token = logs.REQUEST_ID.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), id_header]
+            await send(message)
+
+        try:
+            if self.lean_path and lean.wants_lean(scope):
+                if self.traced_lean is not None:
+                    await self.traced_lean(scope, receive, send_with_id)
+                else:
+                    await lean.serve(self.state.gateway, scope, receive, send_with_id)
+                return
+            await super().__call__(scope, receive, send_with_id)
+        finally:
+            logs.REQUEST_ID.reset(token)
 
 
 def _record_http(info: metrics.Info) -> None:
@@ -63,9 +92,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; settings are read from the environment here, not at import."""
     settings = settings or Settings()
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(settings.log_level)
+    if not tracing.ENABLED:
+        tracing.setup_from_environment(plain_keys=settings.trace_keys_plainly)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,6 +123,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.lean_path = settings.lean_path
+    if tracing.ENABLED:
+        _instrument(app)
     problems.install(app)
     app.include_router(keys.router)
     app.include_router(health.router)
@@ -125,6 +156,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _instrument(app: GatewayApp) -> None:
+    """Server spans for both paths: FastAPI's instrumentation, and the same ASGI middleware
+    around the lean path (named by route template; the key kept out of span attributes)."""
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=tracing.provider(),
+        server_request_hook=tracing.sanitize_server_span,
+        excluded_urls="/metrics,/livez,/readyz",
+        exclude_spans=["receive", "send"],
+    )
+
+    async def lean_app(scope: Scope, receive: Receive, send: Send) -> None:
+        await lean.serve(app.state.gateway, scope, receive, send)
+
+    app.traced_lean = OpenTelemetryMiddleware(
+        lean_app,
+        tracer_provider=tracing.provider(),
+        default_span_details=tracing.server_span_details,
+        server_request_hook=tracing.sanitize_server_span,
+        exclude_spans=["receive", "send"],
+    )
 
 
 def _problem_media_types(schema: dict[str, Any]) -> None:

@@ -85,6 +85,9 @@ class Outbox:
                     await self.replay_recent()
                 await self.note_pending()
                 await self.repair_once()
+                depth, oldest_s = await self.store.outbox_stats(deadline=self._deadline())
+                telemetry.OUTBOX_DEPTH.set(depth)
+                telemetry.OUTBOX_OLDEST_AGE.set(oldest_s)
                 rounds += 1
                 if rounds % PURGE_EVERY_N_ROUNDS == 0:
                     await self.store.purge_expired(limit=PURGE_BATCH, deadline=self._deadline())

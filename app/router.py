@@ -31,7 +31,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from app import telemetry
+from app import telemetry, tracing
 from app.codec import Entry, Tombstone, redis_key
 from app.degraded import DegradedMode
 from app.errors import (
@@ -187,6 +187,9 @@ class FallbackRouter:
         deadline = started + self.read_deadline_s
         attempt = _Attempt(floor=self.versions.newest(ref.namespace, ref.key) or 0)
         primary_answered = False
+        if tracing.ENABLED:
+            tracing.KEY_ATTRIBUTE.set(tracing.key_attribute(ref.key))
+            tracing.FALLBACK_PATH.set("" if policy.no_cache else "primary")
         if not policy.no_cache:
             try:
                 copy = await self._primary_read(
@@ -282,9 +285,11 @@ class FallbackRouter:
         loop = asyncio.get_running_loop()
         for tier in tiers:
             try:
-                copy = await tier.get(
-                    ref, deadline=min(deadline, loop.time() + self.replica_timeout_s)
-                )
+                tier_deadline = min(deadline, loop.time() + self.replica_timeout_s)
+                if tracing.ENABLED:
+                    copy = await self._traced_tier_get(tier, ref, tier_deadline)
+                else:
+                    copy = await tier.get(ref, deadline=tier_deadline)
             except NodeBusyError as exc:
                 raise self._shed(exc) from exc
             except TierError as exc:
@@ -311,6 +316,15 @@ class FallbackRouter:
             attempt.offer(staleness, tier.name, record)
         return None
 
+    @staticmethod
+    async def _traced_tier_get(tier: CacheTier, ref: KeyRef, deadline: float) -> Copy:
+        tracing.extend_fallback_path(tier.name)
+        if tier.name != "local":  # the replica's node calls make their own spans
+            return await tier.get(ref, deadline=deadline)
+        attributes = {"db.system.name": "cachegw.local", "db.operation.name": "GET"}
+        with tracing.tier_span("local GET", attributes):
+            return await tier.get(ref, deadline=deadline)
+
     async def _from_store(
         self,
         ref: KeyRef,
@@ -320,6 +334,8 @@ class FallbackRouter:
         primary_answered: bool,
         policy: ReadPolicy,
     ) -> ReadResult:
+        if tracing.ENABLED:
+            tracing.extend_fallback_path("store")
         load = functools.partial(self._load, ref, deadline, fill=primary_answered)
         try:
             loaded = await self.loads.do((ref.namespace, ref.key), load, deadline=deadline)
@@ -474,6 +490,8 @@ class FallbackRouter:
     ) -> WriteResult:
         """Make the value durable, then update the caches (repaired later if that fails)."""
         deadline = asyncio.get_running_loop().time() + self.write_deadline_s
+        if tracing.ENABLED:
+            tracing.KEY_ATTRIBUTE.set(tracing.key_attribute(ref.key))
         result = await self.store.put(
             ref.namespace, ref.key, value,
             content_type=content_type,

@@ -235,6 +235,9 @@ class Settings(BaseSettings):
         default="default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
     )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    trace_keys_plainly: bool = Field(
+        default=False, description="Put keys in span attributes as they are, not as hashes."
+    )
     lean_path: bool = Field(
         default=True, description="Serve the key operations on the lean ASGI path, not FastAPI's."
     )

@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import sqlalchemy as sa
 
-from app import telemetry
+from app import telemetry, tracing
 from app.breaker import Breaker
 from app.codec import Entry
 from app.errors import StoreConflictError, StoreUnavailableError
@@ -65,6 +66,9 @@ cache_outbox = sa.Table(
     sa.Column("applied_at", sa.DateTime(timezone=True), nullable=True),
     sa.Index("cache_outbox_next_attempt_idx", "next_attempt_at"),
     sa.Index("cache_outbox_created_at_idx", "created_at"),
+    sa.Index(
+        "cache_outbox_pending_idx", "created_at", postgresql_where=sa.text("applied_at IS NULL")
+    ),
 )
 
 version_sequence = sa.Sequence("entry_version_seq", metadata=metadata)
@@ -105,6 +109,10 @@ SELECT DISTINCT ON (namespace, key) id, namespace, key, seq FROM cache_outbox
 SQL_OUTBOX_PENDING = """
 SELECT namespace, key, max(seq) FROM cache_outbox WHERE applied_at IS NULL
  GROUP BY namespace, key LIMIT $1
+"""
+SQL_OUTBOX_STATS = """
+SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+  FROM cache_outbox WHERE applied_at IS NULL
 """
 SQL_OUTBOX_FAILED = "UPDATE cache_outbox SET last_error = $2 WHERE id = ANY($1::bigint[])"
 SQL_PURGE_EXPIRED = """
@@ -151,6 +159,8 @@ class Store:
         self.settings = settings
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self.breaker: Breaker | None = None  # set by the gateway; skipped by probes
+        parts = urlsplit(settings.dsn.get_secret_value())
+        self._address = (parts.hostname or "localhost", parts.port or 5432)
 
     async def start(self) -> None:
         # min_size 0: the pool is made even when Postgres is down; connections come on demand.
@@ -183,10 +193,24 @@ class Store:
         deadline: float,
         guarded: bool = True,
     ) -> Any:
+        """One query under the store's breaker (unless ``guarded`` is False: probes, pings)."""
+        breaker = self.breaker if guarded else None
+        if tracing.ENABLED and guarded:
+            attributes = {
+                "db.system.name": "postgresql", "db.operation.name": operation,
+                "server.address": self._address[0], "server.port": self._address[1],
+            }  # fmt: skip
+            with tracing.tier_span(f"postgresql {operation}", attributes):
+                return await self._query(breaker, operation, method, sql, *args, deadline=deadline)
+        return await self._query(breaker, operation, method, sql, *args, deadline=deadline)
+
+    async def _query(
+        self, breaker: Breaker | None, operation: str, method: str, sql: str, *args: Any,
+        deadline: float,
+    ) -> Any:  # fmt: skip
         pool = self._pool
         if pool is None:
             raise StoreUnavailableError("store not started")
-        breaker = self.breaker if guarded else None
         if breaker is not None and not breaker.allow():
             telemetry.STORE_QUERIES.labels(operation=operation, outcome="breaker_open").inc()
             raise StoreUnavailableError("store: breaker open")
@@ -348,6 +372,11 @@ class Store:
             "outbox_pending", "fetch", SQL_OUTBOX_PENDING, limit, deadline=deadline
         )
         return [(r[0], r[1], r[2]) for r in rows]
+
+    async def outbox_stats(self, *, deadline: float) -> tuple[int, float]:
+        """Rows not applied yet, and the age in seconds of the oldest of them."""
+        row = await self._run("outbox_stats", "fetchrow", SQL_OUTBOX_STATS, deadline=deadline)
+        return int(row[0]), float(row[1])
 
     async def outbox_failed(self, ids: list[int], error: str, *, deadline: float) -> None:
         if ids:

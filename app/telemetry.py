@@ -24,8 +24,16 @@ FALLBACK_LATENCY = Histogram(
     "Time spent answering a read after its first tier could not",
     buckets=LATENCY_BUCKETS,
 )
-SLOTS_ASSIGNED = Gauge("redis_cluster_slots_assigned", "cluster_slots_assigned from CLUSTER INFO")
-SLOTS_OK = Gauge("redis_cluster_slots_ok", "cluster_slots_ok from CLUSTER INFO")
+# With several worker processes (prometheus multiprocess mode), each gauge says how the values of
+# the processes combine: "max"/"min" for views every process shares, "livesum" for per-process
+# quantities that add up.
+SLOTS_ASSIGNED = Gauge(
+    "redis_cluster_slots_assigned", "cluster_slots_assigned from CLUSTER INFO",
+    multiprocess_mode="max",
+)  # fmt: skip
+SLOTS_OK = Gauge(
+    "redis_cluster_slots_ok", "cluster_slots_ok from CLUSTER INFO", multiprocess_mode="min"
+)
 
 TIER_RESULTS = Counter(
     "cachegw_tier_results_total",
@@ -41,7 +49,9 @@ REDIRECTS = Counter(
 TOPOLOGY_REFRESHES = Counter(
     "cachegw_topology_refreshes_total", "Slot map refreshes by what triggered them", ["trigger"]
 )
-SLOTS_MAPPED = Gauge("cachegw_slots_mapped", "Slots that have an owner in this process's slot map")
+SLOTS_MAPPED = Gauge(
+    "cachegw_slots_mapped", "Slots that have an owner in the slot map", multiprocess_mode="min"
+)
 CACHE_UPDATES = Counter(
     "cachegw_cache_updates_total",
     "Versioned writes of cache records to Redis: applied, skipped (newer there), failed",
@@ -55,20 +65,42 @@ FEED_LAG = Histogram(
     "From a write's commit (its NOTIFY) to this process receiving it",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
-FEED_UP = Gauge("cachegw_invalidation_feed_up", "1 while this process receives the feed")
+FEED_UP = Gauge(
+    "cachegw_invalidation_feed_up", "1 while every process receives the feed",
+    multiprocess_mode="min",
+)  # fmt: skip
 COALESCED = Counter(
     "cachegw_coalesced_waits_total", "Requests that joined a load already in flight", ["kind"]
 )
 BREAKER_STATE = Gauge(
-    "cachegw_breaker_state", "Circuit breaker per route: 0 closed, 1 half-open, 2 open", ["route"]
-)
+    "cachegw_breaker_state", "Circuit breaker per route: 0 closed, 1 half-open, 2 open", ["route"],
+    multiprocess_mode="max",
+)  # fmt: skip
 BREAKER_TRANSITIONS = Counter(
     "cachegw_breaker_transitions_total", "Breaker state changes per route", ["route", "to"]
 )
-DEGRADED = Gauge("cachegw_degraded_mode", "1 while the degraded-mode policy is on")
+DEGRADED = Gauge(
+    "cachegw_degraded_mode", "1 while the degraded-mode policy is on", multiprocess_mode="max"
+)
 SHED = Counter("cachegw_shed_total", "Requests shed because of local saturation", ["reason"])
-LOCAL_ENTRIES = Gauge("cachegw_local_entries", "Entries in this process's local tier")
-LOCAL_BYTES = Gauge("cachegw_local_bytes", "Approximate bytes held by this process's local tier")
+LOCAL_ENTRIES = Gauge(
+    "cachegw_local_entries", "Entries in the local tiers", multiprocess_mode="livesum"
+)
+LOCAL_BYTES = Gauge(
+    "cachegw_local_bytes", "Approximate bytes held by the local tiers", multiprocess_mode="livesum"
+)
+OUTBOX_DEPTH = Gauge(
+    "cachegw_outbox_pending", "Outbox rows whose cache update has not reached Redis",
+    multiprocess_mode="max",
+)  # fmt: skip
+OUTBOX_OLDEST_AGE = Gauge(
+    "cachegw_outbox_oldest_age_seconds", "Age of the oldest outbox row not yet applied",
+    multiprocess_mode="max",
+)  # fmt: skip
+REPLICA_LAG = Gauge(
+    "cachegw_replica_lag_bytes", "Replication offset a replica is behind its primary",
+    ["replica"], multiprocess_mode="max",
+)  # fmt: skip
 
 # HTTP metrics, the same for routes served by FastAPI (recorded through
 # prometheus-fastapi-instrumentator) and for the lean GET path (recorded directly).

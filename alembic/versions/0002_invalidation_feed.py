@@ -1,8 +1,9 @@
 """The invalidation feed (NOTIFY from each write's transaction) and outbox retention.
 
-Every write, delete and invalidate inserts an outbox row in its own transaction; a trigger on that
-insert sends ``NOTIFY cachegw_invalidation`` with ``seq<TAB>sent_at_ms<TAB>namespace<TAB>key``, which
-Postgres delivers to every listening gateway process when (and only if) the transaction commits.
+Every write, delete and invalidate inserts an outbox row in its own transaction; a trigger on
+that insert sends ``NOTIFY cachegw_invalidation`` with
+``seq<TAB>sent_at_ms<TAB>namespace<TAB>key``, which Postgres delivers to every listening gateway
+process when (and only if) the transaction commits.
 Outbox rows are kept for a while after they were applied (``applied_at``), so that a Redis
 failover that lost recent writes can be repaired by replaying them.
 

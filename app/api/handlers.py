@@ -22,6 +22,7 @@ from app.api.http import (
     read_limited,
     read_policy,
 )
+from app.cluster.slots import format_address
 from app.errors import InvalidPreconditionError, InvalidTtlError
 from app.gateway import Gateway
 from app.store import now_ms
@@ -148,3 +149,44 @@ async def invalidate(gateway: Gateway, scope: Scope) -> Answer:
     router = gateway.router
     await router.invalidate(router.ref(gateway.settings.namespace, key))
     return 204, [], b""
+
+
+def explain(gateway: Gateway, scope: Scope) -> Answer:
+    """GET /v1/keys/{key}?explain=1: how a read of the key would be routed (never its value)."""
+    key = _key(gateway, scope)
+    router = gateway.router
+    ref = router.ref(gateway.settings.namespace, key)
+    slot, shard = gateway.slots.shard_for(ref.rkey)
+    breakers = {b.route: b.state.name.lower() for b in gateway.breakers.breakers()}
+    order: list[str] = []
+    routes: dict[str, str] = {}
+    if shard is not None:
+        primary = f"primary@{format_address(shard.primary)}"
+        routes[primary] = breakers.get(primary, "closed")
+        if routes[primary] == "closed" and not gateway.watcher.partitioned(shard.primary):
+            order.append(primary)
+        for address in gateway.watcher.rank_replicas(shard.replicas):
+            route = f"replica@{format_address(address)}"
+            routes[route] = breakers.get(route, "closed")
+            if routes[route] == "closed":
+                order.append(route)
+    order += ["local", "store" if breakers.get("store", "closed") == "closed" else "store (open)"]
+    local = gateway.local.lookup(ref)
+    document = {
+        "key": key,
+        "namespace": ref.namespace,
+        "redis_key_slot": slot,
+        "owner": None if shard is None else format_address(shard.primary),
+        "replicas": [] if shard is None else [format_address(r) for r in shard.replicas],
+        "breakers": routes | {"store": breakers.get("store", "closed")},
+        "tier_order": order,
+        "load_in_flight": router.loads.in_flight((ref.namespace, ref.key)),
+        "newest_announced_seq": router.versions.newest(ref.namespace, ref.key),
+        "local_copy": None
+        if local.record is None
+        else {"seq": local.record.seq, "behind_s": round(local.behind_s, 3)},
+        "degraded_mode": gateway.degraded.active,
+        "deadline_ms": gateway.settings.read_deadline_ms,
+    }
+    content = json.dumps(document, ensure_ascii=False).encode()
+    return 200, [JSON, (b"content-length", b"%d" % len(content))], content

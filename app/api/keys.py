@@ -85,8 +85,17 @@ async def get_key(
     key: KeyParam,
     if_none_match: IfNoneMatch = None,
     cache_control: CacheControl = None,
+    explain: Annotated[
+        bool,
+        Query(
+            description="Answer how a read of the key would be routed (slot, owner, replicas, "
+            "breakers, tier order, whether a load is in flight) instead of its value."
+        ),
+    ] = False,
 ) -> Response:
     """Answer from the fastest tier that can answer correctly; `Cache-Status` says which."""
+    if explain:
+        return answer(*handlers.explain(gateway_of(request), request.scope))
     return answer(*await handlers.read(gateway_of(request), request.scope))
 
 

@@ -22,7 +22,7 @@ from dataclasses import replace
 
 from redis import exceptions as rex
 
-from app import telemetry
+from app import telemetry, tracing
 from app.breaker import Breaker, BreakerBoard
 from app.cluster.errors import translate
 from app.cluster.node import NodeClient, NodeOptions, Reply
@@ -189,6 +189,27 @@ class SlotRouter:
         """One call under the route's breaker: skipped when open, its outcome recorded."""
         if breaker is None:
             return await client.call(*commands, deadline=deadline)
+        if tracing.ENABLED:
+            role = breaker.route.partition("@")[0]
+            command = commands[-1][0]
+            name = command.decode() if isinstance(command, bytes) else str(command)
+            attributes = {
+                "db.system.name": "redis", "db.operation.name": name,
+                "server.address": client.address[0], "server.port": client.address[1],
+                "redis.node_role": role,
+            }  # fmt: skip
+            with tracing.tier_span(f"redis {name}", attributes):
+                return await self._breaker_call(client, breaker, commands, deadline=deadline)
+        return await self._breaker_call(client, breaker, commands, deadline=deadline)
+
+    async def _breaker_call(
+        self,
+        client: NodeClient,
+        breaker: Breaker,
+        commands: tuple[tuple[bytes | str | int, ...], ...],
+        *,
+        deadline: float,
+    ) -> list[Reply]:
         if not breaker.allow():
             raise BreakerOpenError(f"{breaker.route}: breaker open", route=breaker.route)
         loop = asyncio.get_running_loop()

@@ -248,6 +248,11 @@ class TopologyWatcher:
 
     def _publish(self) -> None:
         for health in self.health.values():
+            if health.role == "replica" and health.lag_bytes is not None:
+                telemetry.REPLICA_LAG.labels(replica=format_address(health.address)).set(
+                    health.lag_bytes
+                )
+        for health in self.health.values():
             if health.cluster_ok and health.info is not None:
                 telemetry.SLOTS_ASSIGNED.set(_int(health.info.get("cluster_slots_assigned")) or 0)
                 telemetry.SLOTS_OK.set(_int(health.info.get("cluster_slots_ok")) or 0)

@@ -1,0 +1,143 @@
+"""Tracing: OpenTelemetry, off unless configured by the standard ``OTEL_*`` variables.
+
+The server span comes from opentelemetry-instrumentation-fastapi (and, for the lean path, from
+the same ASGI middleware it uses), named by route template. Each tier attempt gets a child span
+with ``db.system.name``, ``db.operation.name``, ``server.address``, ``server.port``,
+``redis.node_role``, ``fallback.path`` and ``error.type``. A key appears only as a hash
+(``cachegw.key.hash``) unless ``CACHEGW_TRACE_KEYS_PLAINLY`` allows it, and request paths in span
+attributes have the key replaced by ``{key}``.
+
+When tracing is off nothing is created on the hot path: callers test ``ENABLED`` first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator, MutableMapping
+from contextvars import ContextVar
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Span, Status, StatusCode
+
+ENABLED = False
+_tracer: trace.Tracer = trace.NoOpTracer()
+_provider: TracerProvider | None = None
+_plain_keys = False
+
+# What the router is doing, for the spans made deeper down (node calls, store queries).
+KEY_ATTRIBUTE: ContextVar[tuple[str, str] | None] = ContextVar("cachegw_key_attr", default=None)
+FALLBACK_PATH: ContextVar[str] = ContextVar("cachegw_fallback_path", default="")
+
+
+def configured() -> bool:
+    """Whether the environment asks for traces (an OTLP endpoint or an explicit exporter)."""
+    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if exporter == "none" or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    return bool(
+        exporter
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
+def setup_from_environment(*, plain_keys: bool) -> TracerProvider | None:
+    """An OTLP (HTTP) exporter as the OTEL_* variables configure it; None when not asked for."""
+    if not configured():
+        return None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return enable(OTLPSpanExporter(), plain_keys=plain_keys)
+
+
+def enable(
+    exporter: SpanExporter, *, plain_keys: bool = False, batch: bool = True
+) -> TracerProvider:
+    """Start tracing to ``exporter`` (the sampler comes from OTEL_TRACES_SAMPLER, as usual)."""
+    global ENABLED, _tracer, _provider, _plain_keys
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "cachegw")})
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(
+        BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
+    )
+    _provider, _tracer, _plain_keys, ENABLED = (
+        provider,
+        provider.get_tracer("cachegw"),
+        plain_keys,
+        True,
+    )
+    return provider
+
+
+def disable() -> None:
+    global ENABLED, _tracer, _provider
+    if _provider is not None:
+        _provider.shutdown()
+    ENABLED, _tracer, _provider = False, trace.NoOpTracer(), None
+
+
+def provider() -> TracerProvider | None:
+    return _provider
+
+
+def extend_fallback_path(tier: str) -> None:
+    path = FALLBACK_PATH.get()
+    FALLBACK_PATH.set(f"{path}>{tier}" if path else tier)
+
+
+def key_attribute(key: str) -> tuple[str, str]:
+    if _plain_keys:
+        return ("cachegw.key", key)
+    return ("cachegw.key.hash", hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
+@contextlib.contextmanager
+def tier_span(name: str, attributes: dict[str, Any]) -> Iterator[Span]:
+    """A child span for one tier attempt; failures set ``error.type`` and an error status."""
+    key = KEY_ATTRIBUTE.get()
+    if key is not None:
+        attributes[key[0]] = key[1]
+    path = FALLBACK_PATH.get()
+    if path:
+        attributes["fallback.path"] = path
+    with _tracer.start_as_current_span(
+        name, kind=trace.SpanKind.CLIENT, attributes=attributes, record_exception=False,
+        set_status_on_exception=False,
+    ) as span:  # fmt: skip
+        try:
+            yield span
+        except BaseException as exc:
+            span.set_attribute("error.type", type(exc).__name__)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+
+
+def sanitize_server_span(span: Span, scope: MutableMapping[str, Any]) -> None:
+    """Server request hook: the request path without the key in it."""
+    if not span.is_recording():
+        return
+    path: str = scope.get("path", "")
+    if path.startswith("/v1/keys/"):
+        rest = path[len("/v1/keys/") :]
+        suffix = rest[rest.find("/") :] if "/" in rest else ""
+        template = "/v1/keys/{key}" + suffix
+        span.set_attribute("http.route", template)
+        for name in ("http.target", "url.path"):
+            span.set_attribute(name, template)
+        span.set_attribute("http.url", template)
+        span.set_attribute("url.full", template)
+
+
+def server_span_details(scope: MutableMapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Span name and attributes for the lean path (as the FastAPI instrumentation names them)."""
+    path: str = scope.get("path", "")
+    route = "/v1/keys/{key}" if path.startswith("/v1/keys/") else path
+    return f"{scope.get('method', 'HTTP')} {route}", {"http.route": route}
