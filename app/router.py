@@ -200,20 +200,23 @@ class FallbackRouter:
             except TierError as exc:
                 log.debug("primary tier failed: %s", exc)
                 self._count["primary_failover"].inc()
+                telemetry.tier_result("primary", "error")
             else:
                 primary_answered = True
                 record = copy.record
                 if isinstance(record, Entry) and record.seq >= attempt.floor:
                     if not record.expired(now_ms()):
                         self._count["primary_hit"].inc()
+                        telemetry.tier_result("primary", "hit")
                         self._keep_local(ref, record, attempt.floor)
                         self._maybe_refresh_early(ref, record)
                         return ReadResult(record, "primary")
                 elif isinstance(record, Entry):
-                    telemetry.TIER_RESULTS.labels(tier="primary", result="stale").inc()
+                    telemetry.tier_result("primary", "stale")
                 elif isinstance(record, Tombstone):
                     attempt.floor = max(attempt.floor, record.seq)
                 self._count["primary_miss"].inc()
+                telemetry.tier_result("primary", "miss")
         try:
             if not policy.no_cache:
                 cached = await self._from_fallback_tiers(
@@ -294,25 +297,29 @@ class FallbackRouter:
                 raise self._shed(exc) from exc
             except TierError as exc:
                 log.debug("%s tier failed: %s", tier.name, exc)
-                telemetry.TIER_RESULTS.labels(tier=tier.name, result="error").inc()
+                telemetry.tier_result(tier.name, "error")
                 continue
             record = copy.record
             if isinstance(record, Tombstone):
                 attempt.floor = max(attempt.floor, record.seq)
+                telemetry.tier_result(tier.name, "miss")
                 continue
             if record is None:
+                telemetry.tier_result(tier.name, "miss")
                 continue
             if record.seq < attempt.floor:
-                telemetry.TIER_RESULTS.labels(tier=tier.name, result="stale").inc()
+                telemetry.tier_result(tier.name, "stale")
                 continue
             staleness = max(copy.behind_s, _expired_by_s(record))
             if staleness <= allowance:
                 self._count[f"{tier.name}_hit"].inc()
+                telemetry.tier_result(tier.name, "hit")
                 if fresh_only:  # the primary answered but had lost it: put it back
                     self._spawn(
                         self._cache_put(ref, record, source="fill", deadline=self._cache_deadline())
                     )
                 return ReadResult(record, tier.name, stale_s=staleness)
+            telemetry.tier_result(tier.name, "too_stale")  # kept for stale-if-error
             attempt.offer(staleness, tier.name, record)
         return None
 
@@ -347,6 +354,7 @@ class FallbackRouter:
             raise
         except (StoreError, TimeoutError):
             self._count["error"].inc()
+            telemetry.tier_result("store", "error")
             fallback = attempt.fallback
             if fallback is not None and fallback[0] <= policy.stale_if_error_s:
                 staleness, tier, stale_entry = fallback
@@ -354,6 +362,7 @@ class FallbackRouter:
             raise StoreUnavailableError("the store did not answer within the deadline") from None
         self._count["secondary_fallback"].inc()
         entry = loaded.entry
+        telemetry.tier_result("store", "miss" if entry is None else "hit")
         if entry is None:
             raise KeyNotFoundError(ref.key)
         if policy.no_cache and not primary_answered and entry.seq >= attempt.floor:

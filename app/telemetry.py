@@ -127,3 +127,14 @@ def record_http(handler: str, method: str, status: int, duration_s: float) -> No
         _http_children[(handler, method, status)] = children
     children[0].inc()
     children[1].observe(duration_s)
+
+
+_tier_children: dict[tuple[str, str], Counter] = {}
+
+
+def tier_result(tier: str, result: str) -> None:
+    """Count one answer of a tier: hit, miss, stale (older than known), error."""
+    child = _tier_children.get((tier, result))
+    if child is None:
+        child = _tier_children[(tier, result)] = TIER_RESULTS.labels(tier=tier, result=result)
+    child.inc()
