@@ -36,6 +36,8 @@ $(STAMP): requirements-dev.lock pyproject.toml
 run: install
 	$(BIN)/cachegw devstack up
 	$(BIN)/cachegw migrate up --env-file .devstack/env
+	@echo "cachegw: development API key (send Authorization: Bearer <key>):"
+	@$(BIN)/cachegw keys --env-file .devstack/env dev
 	@echo "cachegw: serving on http://127.0.0.1:$(PORT) (docs at /docs); Ctrl-C stops it, 'make down' stops the stack"
 	$(BIN)/cachegw serve --env-file .devstack/env --port $(PORT)
 

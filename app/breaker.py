@@ -209,6 +209,14 @@ class BreakerBoard:
     def breakers(self) -> list[Breaker]:
         return list(self._breakers.values())
 
+    def retain(self, keep: Callable[[str], bool]) -> None:
+        """Forget the breakers (and their gauges) of routes that no longer exist."""
+        for route in [r for r in self._breakers if not keep(r)]:
+            del self._breakers[route]
+            self._probes.pop(route, None)
+            with contextlib.suppress(KeyError):
+                telemetry.BREAKER_STATE.remove(route)
+
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 

@@ -9,6 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from app import keys_cli
+
 DEFAULT_ENV_FILE = Path(".devstack/env")
 
 
@@ -109,7 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     p_migrate.add_argument("--env-file")
     p_migrate.set_defaults(handler=migrate)
 
+    keys_cli.add_parser(sub)
+
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        _env_file(args.env_file)
+        return keys_cli.run(args)
     if args.command == "migrate" and args.revision is None:
         args.revision = "head" if args.direction == "up" else "base"
     handler = args.handler

@@ -19,11 +19,17 @@ driver exceptions. ``app/api/problems.py`` is the one place that maps them to HT
      │   ├─ CoalescingOverflowError too many requests already wait for this key's load
      │   └─ OverloadedError        this process sheds load: a node's local queue is full
      ├─ NotCachedError             only-if-cached, and no cache tier holds the key within policy
+     ├─ AccessError                the caller may not do this; nothing was read or written
+     │   ├─ UnauthenticatedError   no valid API key
+     │   ├─ ForbiddenError         the key lacks the scope the operation needs
+     │   └─ RateLimitedError       the key is over its request rate
      └─ RequestError               the request itself is invalid; nothing was read or written
          ├─ InvalidKeyError
          ├─ InvalidTtlError
          ├─ InvalidPreconditionError
          ├─ InvalidCacheControlError
+         ├─ HeadersTooLargeError
+         ├─ TargetTooLongError
          ├─ UnsupportedMediaTypeError
          └─ ValueTooLargeError
 """
@@ -112,6 +118,26 @@ class NotCachedError(CachegwError):
     """Raised for ``Cache-Control: only-if-cached`` when no cache tier can answer."""
 
 
+class AccessError(CachegwError):
+    """The caller may not do this; nothing was read or written."""
+
+
+class UnauthenticatedError(AccessError):
+    """Raised when a request carries no valid API key."""
+
+
+class ForbiddenError(AccessError):
+    """Raised when the API key lacks the scope the operation needs."""
+
+
+class RateLimitedError(AccessError):
+    """Raised when the API key is over its request rate; carries the seconds to wait."""
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class RequestError(CachegwError):
     """The request is invalid; nothing was read or written."""
 
@@ -130,6 +156,14 @@ class InvalidPreconditionError(RequestError):
 
 class InvalidCacheControlError(RequestError):
     """Raised for a Cache-Control request directive the gateway uses whose value is malformed."""
+
+
+class HeadersTooLargeError(RequestError):
+    """Raised when the request's headers together exceed the limit."""
+
+
+class TargetTooLongError(RequestError):
+    """Raised when the request's path and query string exceed the limit."""
 
 
 class UnsupportedMediaTypeError(RequestError):

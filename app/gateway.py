@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass
 
 from app import telemetry
+from app.auth import ApiKeys
 from app.breaker import BreakerBoard
 from app.cluster.slot_router import SlotRouter
 from app.cluster.topology import TopologyWatcher
@@ -38,6 +39,7 @@ class Gateway:
     router: FallbackRouter
     breakers: BreakerBoard
     degraded: DegradedMode
+    auth: ApiKeys
     _gauges: asyncio.Task[None] | None = None
 
     @classmethod
@@ -81,11 +83,13 @@ class Gateway:
         return cls(
             settings=settings, slots=slots, watcher=watcher, store=store, local=local,
             feed=feed, outbox=outbox, router=router, breakers=breakers, degraded=degraded,
+            auth=ApiKeys(store, settings.auth),
         )  # fmt: skip
 
     async def start(self) -> None:
         """Connect what can be reached; an unreachable Redis or Postgres does not stop start-up."""
         await self.store.start()
+        await self.auth.start()
         await self.slots.start()
         await self.watcher.start()
         await self.feed.start()
@@ -115,6 +119,7 @@ class Gateway:
                 await self._gauges
         await self.degraded.aclose()
         await self.breakers.aclose()
+        await self.auth.aclose()
         await self.outbox.aclose()
         await self.feed.aclose()
         await self.watcher.aclose()

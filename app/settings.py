@@ -6,6 +6,8 @@ start-up with pydantic's message, which names the variable.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -17,8 +19,13 @@ class RedisSettings(BaseModel):
         default="127.0.0.1:7000",
         description="Comma-separated host:port startup nodes; any reachable one gives the map.",
     )
-    username: str | None = None
+    username: str | None = Field(default=None, description="ACL user (Redis 6+).")
     password: SecretStr | None = None
+    tls: bool = Field(default=False, description="Connect to every node over TLS.")
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = Field(default=None, description="Client certificate (mutual TLS).")
+    tls_key_file: str | None = None
+    tls_check_hostname: bool = True
     connect_timeout_s: float = Field(default=0.2, gt=0, le=10)
     socket_timeout_s: float = Field(default=0.2, gt=0, le=10)
     max_connections_per_node: int = Field(default=32, ge=1, le=1024)
@@ -75,6 +82,11 @@ class PostgresSettings(BaseModel):
     """The authoritative store."""
 
     dsn: SecretStr = Field(default=SecretStr("postgresql://postgres@127.0.0.1:55432/cachegw"))
+    ssl_mode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = Field(
+        default="prefer",
+        description="As libpq's sslmode; verify-* check the server certificate (ssl_ca_file).",
+    )
+    ssl_ca_file: str | None = None
     pool_min_size: int = Field(default=2, ge=0, le=100)
     pool_max_size: int = Field(default=10, ge=1, le=200)
     connect_timeout_s: float = Field(default=2.0, gt=0, le=60)
@@ -100,6 +112,10 @@ class LimitSettings(BaseModel):
 
     max_key_bytes: int = Field(default=512, ge=1, le=4096)
     max_value_bytes: int = Field(default=1024 * 1024, ge=1, le=64 * 1024 * 1024)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    max_target_bytes: int = Field(
+        default=8 * 1024, ge=256, le=1024 * 1024, description="Request path and query string."
+    )
     min_ttl_s: int = Field(default=1, ge=1)
     max_ttl_s: int = Field(default=30 * 86400, ge=1)
 
@@ -207,6 +223,25 @@ class DegradedSettings(BaseModel):
     evaluate_interval_s: float = Field(default=1.0, gt=0, le=60)
 
 
+class AuthSettings(BaseModel):
+    """API keys (``app/auth.py``)."""
+
+    enabled: bool = Field(
+        default=True, description="False lets anyone call (logged as a warning at start-up)."
+    )
+    default_namespace: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="The namespace of every request when auth is disabled.",
+    )
+    refresh_s: float = Field(default=2.0, gt=0, le=300, description="Key table reload period.")
+    rate_per_s: float = Field(
+        default=0.0, ge=0, description="Default request rate per key and process; 0: no limit."
+    )
+    burst: int = Field(default=1000, ge=1)
+    protect_metrics: bool = Field(default=False, description="/metrics needs the admin scope.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CACHEGW_",
@@ -223,6 +258,7 @@ class Settings(BaseSettings):
     local: LocalSettings = Field(default_factory=LocalSettings)
     feed: FeedSettings = Field(default_factory=FeedSettings)
     topology: TopologySettings = Field(default_factory=TopologySettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     coalescing: CoalescingSettings = Field(default_factory=CoalescingSettings)
     degraded: DegradedSettings = Field(default_factory=DegradedSettings)
@@ -231,9 +267,6 @@ class Settings(BaseSettings):
     retry_base_s: float = Field(default=0.004, gt=0, le=1)
     retry_cap_s: float = Field(default=0.04, gt=0, le=5)
     write_deadline_ms: int = Field(default=2000, ge=1, le=60000)
-    namespace: str = Field(
-        default="default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
-    )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     trace_keys_plainly: bool = Field(
         default=False, description="Put keys in span attributes as they are, not as hashes."

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl as ssl_module
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import asyncpg
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from app import telemetry, tracing
 from app.breaker import Breaker
@@ -73,6 +76,23 @@ cache_outbox = sa.Table(
 
 version_sequence = sa.Sequence("entry_version_seq", metadata=metadata)
 
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+    sa.Column("prefix", sa.Text, nullable=False, unique=True),
+    sa.Column("secret_hash", sa.LargeBinary, nullable=False),
+    sa.Column("namespace", sa.Text, nullable=False),
+    sa.Column("scopes", postgresql.ARRAY(sa.Text), nullable=False),
+    sa.Column("rate_per_s", sa.Float, nullable=True),
+    sa.Column("burst", sa.Integer, nullable=True),
+    sa.Column("description", sa.Text, nullable=True),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+)
+
 _LIVE = "(expires_at IS NULL OR expires_at > now())"
 _EXPIRES_MS = "(extract(epoch FROM expires_at) * 1000)::bigint"
 
@@ -114,6 +134,17 @@ SQL_OUTBOX_STATS = """
 SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
   FROM cache_outbox WHERE applied_at IS NULL
 """
+SQL_API_KEYS = """
+SELECT prefix, secret_hash, namespace, scopes, rate_per_s, burst, description, created_at,
+       revoked_at FROM api_keys ORDER BY id
+"""
+SQL_API_KEY_CREATE = """
+INSERT INTO api_keys (prefix, secret_hash, namespace, scopes, rate_per_s, burst, description)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+"""
+SQL_API_KEY_REVOKE = """
+UPDATE api_keys SET revoked_at = now() WHERE prefix = $1 AND revoked_at IS NULL
+"""
 SQL_OUTBOX_FAILED = "UPDATE cache_outbox SET last_error = $2 WHERE id = ANY($1::bigint[])"
 SQL_PURGE_EXPIRED = """
 DELETE FROM entries WHERE ctid = ANY (ARRAY(
@@ -145,6 +176,21 @@ class RemoveResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiKeyRow:
+    """An API key as stored: never the secret, only its hash."""
+
+    prefix: str
+    secret_hash: bytes
+    namespace: str
+    scopes: tuple[str, ...]
+    rate_per_s: float | None
+    burst: int | None
+    description: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxRow:
     id: int
     namespace: str
@@ -166,6 +212,7 @@ class Store:
         # min_size 0: the pool is made even when Postgres is down; connections come on demand.
         self._pool = await asyncpg.create_pool(
             self.settings.dsn.get_secret_value(),
+            ssl=self.ssl(),
             min_size=0,
             max_size=self.settings.pool_max_size,
             timeout=self.settings.connect_timeout_s,
@@ -175,6 +222,15 @@ class Store:
             await self.ping(
                 deadline=asyncio.get_running_loop().time() + self.settings.connect_timeout_s
             )
+
+    def ssl(self) -> ssl_module.SSLContext | Literal["disable", "prefer", "require"]:
+        """asyncpg's ``ssl`` argument for the settings (libpq's sslmode semantics)."""
+        mode = self.settings.ssl_mode
+        if mode == "verify-ca" or mode == "verify-full":
+            context = ssl_module.create_default_context(cafile=self.settings.ssl_ca_file)
+            context.check_hostname = mode == "verify-full"
+            return context
+        return mode
 
     async def aclose(self) -> None:
         if self._pool is not None:
@@ -263,7 +319,9 @@ class Store:
         dsn = self.settings.dsn.get_secret_value()
         try:
             async with asyncio.timeout_at(deadline):
-                conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(dsn)
+                conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(
+                    dsn, ssl=self.ssl()
+                )
                 await conn.add_listener(channel, lambda _c, _pid, _ch, payload: on_message(payload))
         except asyncio.CancelledError:
             raise
@@ -377,6 +435,42 @@ class Store:
         """Rows not applied yet, and the age in seconds of the oldest of them."""
         row = await self._run("outbox_stats", "fetchrow", SQL_OUTBOX_STATS, deadline=deadline)
         return int(row[0]), float(row[1])
+
+    async def api_keys(self, *, deadline: float) -> list[ApiKeyRow]:
+        rows = await self._run("api_keys", "fetch", SQL_API_KEYS, deadline=deadline, guarded=False)
+        return [
+            ApiKeyRow(r[0], bytes(r[1]), r[2], tuple(r[3]), r[4], r[5], r[6], r[7], r[8])
+            for r in rows
+        ]
+
+    async def create_api_key(
+        self,
+        *,
+        prefix: str,
+        secret_hash: bytes,
+        namespace: str,
+        scopes: list[str],
+        rate_per_s: float | None,
+        burst: int | None,
+        description: str | None,
+        deadline: float,
+    ) -> None:
+        await self._run(
+            "api_key_create", "execute", SQL_API_KEY_CREATE,
+            prefix, secret_hash, namespace, scopes, rate_per_s, burst, description,
+            deadline=deadline, guarded=False,
+        )  # fmt: skip
+
+    async def revoke_api_key(self, prefix: str, *, deadline: float) -> bool:
+        status: str = await self._run(
+            "api_key_revoke",
+            "execute",
+            SQL_API_KEY_REVOKE,
+            prefix,
+            deadline=deadline,
+            guarded=False,
+        )
+        return status.endswith(" 1")
 
     async def outbox_failed(self, ids: list[int], error: str, *, deadline: float) -> None:
         if ids:

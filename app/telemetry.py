@@ -82,6 +82,9 @@ BREAKER_TRANSITIONS = Counter(
 DEGRADED = Gauge(
     "cachegw_degraded_mode", "1 while the degraded-mode policy is on", multiprocess_mode="max"
 )
+AUTH_REFUSALS = Counter(
+    "cachegw_auth_refusals_total", "Requests refused by authentication, scopes or rate", ["reason"]
+)
 SHED = Counter("cachegw_shed_total", "Requests shed because of local saturation", ["reason"])
 LOCAL_ENTRIES = Gauge(
     "cachegw_local_entries", "Entries in the local tiers", multiprocess_mode="livesum"

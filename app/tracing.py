@@ -48,9 +48,14 @@ def configured() -> bool:
 
 
 def setup_from_environment(*, plain_keys: bool) -> TracerProvider | None:
-    """An OTLP (HTTP) exporter as the OTEL_* variables configure it; None when not asked for."""
+    """The exporter the OTEL_* variables ask for (OTLP over HTTP, or ``console`` for spans as
+    JSON on stdout); None when not asked for."""
     if not configured():
         return None
+    if os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return enable(ConsoleSpanExporter(), plain_keys=plain_keys)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     return enable(OTLPSpanExporter(), plain_keys=plain_keys)

@@ -71,6 +71,19 @@ def bench_stack(*, node_timeout_ms: int = 2000) -> Iterator[Stack]:
         stack.down(purge=True)
 
 
+def create_api_key(stack: Stack) -> str:
+    """A fresh API key (namespace ``default``, every scope) for the bench's requests."""
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "app.cli", "keys", "create", "--namespace", "default",
+            "--scopes", "read,write,admin", "--description", "bench",
+        ],
+        cwd=REPO, env={**os.environ, **stack.env()}, check=True, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    return proc.stdout.strip().splitlines()[-1]
+
+
 @contextlib.contextmanager
 def serve(target: str, stack: Stack, *, env: dict[str, str] | None = None) -> Iterator[str]:
     """One uvicorn worker (uvloop, httptools) serving ``target`` against the stack."""
@@ -93,10 +106,8 @@ def serve(target: str, stack: Stack, *, env: dict[str, str] | None = None) -> It
                 if proc.poll() is not None:
                     raise RuntimeError(f"{target} exited:\n{log_path.read_text()[-2000:]}")
                 with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{base_url}/v1/keys/-ready-probe", timeout=1).status_code in (
-                        200,
-                        404,
-                    ):
+                    probe = httpx.get(f"{base_url}/v1/keys/-ready-probe", timeout=1)
+                    if probe.status_code in (200, 401, 404):  # 401: the gateway, without a key
                         break
                 time.sleep(0.2)
             else:
@@ -113,14 +124,20 @@ def serve(target: str, stack: Stack, *, env: dict[str, str] | None = None) -> It
 
 
 async def seed(
-    base_url: str, keys: list[str], *, value_bytes: int = 100, concurrency: int = 32
+    base_url: str,
+    keys: list[str],
+    *,
+    value_bytes: int = 100,
+    concurrency: int = 32,
+    api_key: str | None = None,
 ) -> None:
     """PUT every key once, through the target itself, with values of ``value_bytes``."""
     host, port = base_url.removeprefix("http://").rsplit(":", 1)
     queue = list(keys)
+    headers = {} if api_key is None else {"Authorization": f"Bearer {api_key}"}
 
     async def worker() -> None:
-        connection = Connection(host, int(port))
+        connection = Connection(host, int(port), headers=headers)
         try:
             while queue:
                 key = queue.pop()

@@ -25,6 +25,7 @@ from bench.common import (
     Sample,
     bench_keys,
     bench_stack,
+    create_api_key,
     percentile,
     read_samples,
     run_k6,
@@ -114,7 +115,12 @@ def summarize(
 
 
 async def run_target(
-    target: str, stack: Stack, keys: list[str], work: Path, args: argparse.Namespace
+    target: str,
+    stack: Stack,
+    keys: list[str],
+    work: Path,
+    args: argparse.Namespace,
+    api_key: str,
 ) -> dict[str, Any]:
     victim = primaries(stack)[0]
     victim_port = int(victim["port"])  # type: ignore[call-overload]
@@ -124,12 +130,12 @@ async def run_target(
     keys_file.write_text(json.dumps(split))
     with serve(target, stack) as base_url:
         print(f"{target}: seeding {len(keys)} keys", flush=True)
-        await seed(base_url, keys)
+        await seed(base_url, keys, api_key=api_key)
         csv_path = work / f"{target}.csv"
         summary_path = work / f"{target}-summary.json"
         env = {
             "BASE_URL": base_url, "KEYS_FILE": str(keys_file), "RATE": str(args.rate),
-            "DURATION": f"{args.duration}s", "SUMMARY": str(summary_path),
+            "DURATION": f"{args.duration}s", "SUMMARY": str(summary_path), "API_KEY": api_key,
         }  # fmt: skip
         print(
             f"{target}: {args.rate} GET/s for {args.duration} s, "
@@ -232,8 +238,9 @@ async def main() -> int:
     keys = bench_keys(args.keys)
     results: dict[str, dict[str, Any]] = {}
     with bench_stack() as stack, tempfile.TemporaryDirectory(prefix="cachegw-bench-") as tmp:
+        api_key = create_api_key(stack)
         for target in args.targets.split(","):
-            results[target] = await run_target(target, stack, keys, Path(tmp), args)
+            results[target] = await run_target(target, stack, keys, Path(tmp), args, api_key)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M")
     json_path = RESULTS / f"failover-{stamp}.json"
     json_path.write_text(

@@ -24,7 +24,15 @@ from typing import Any
 import asyncpg
 
 from app.devstack import Stack
-from bench.common import RESULTS, bench_keys, bench_stack, run_k6, seed, serve
+from bench.common import (
+    RESULTS,
+    bench_keys,
+    bench_stack,
+    create_api_key,
+    run_k6,
+    seed,
+    serve,
+)
 
 THROUGHPUT = ("read_hit", "mixed")
 TARGETS = ("gateway", "naive")
@@ -109,6 +117,8 @@ async def main() -> int:
     report: dict[str, Any] = {"vus": args.vus, "duration": args.duration, "pairs": args.pairs}
     with bench_stack() as stack, tempfile.TemporaryDirectory(prefix="cachegw-bench-") as tmp:
         work = Path(tmp)
+        api_key = create_api_key(stack)
+        common["API_KEY"] = api_key  # the naive proxy and the ceilings ignore it
         ceilings: dict[str, Any] = {}
         for ceiling in ("raw-asgi", "fastapi-constant"):
             with serve(ceiling, stack) as base_url:
@@ -119,7 +129,7 @@ async def main() -> int:
             urls = {"gateway": gateway, "naive": naive}
             for name, url in urls.items():
                 print(f"{name}: seeding {len(keys)} keys", flush=True)
-                await seed(url, keys)
+                await seed(url, keys, api_key=api_key)
             runs: dict[str, list[dict[str, Any]]] = {s: [] for s in THROUGHPUT}
             for pair in range(args.pairs):
                 for scenario in THROUGHPUT:
@@ -137,7 +147,7 @@ async def main() -> int:
             stampede: dict[str, Any] = {}
             for target in TARGETS:
                 key = await cold_key(stack, target)
-                result = await k6("stampede.js", urls[target], work, KEY=key)
+                result = await k6("stampede.js", urls[target], work, KEY=key, API_KEY=api_key)
                 result["store_queries"] = await store_reads(stack, target)
                 stampede[target] = result
                 print(

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, quote
 
-from app.api.conditional import none_match, parse_tag_list
+from app.api.conditional import TagList, none_match, parse_tag_list
 from app.api.http import (
     content_type_of,
     entry_headers,
@@ -22,9 +22,11 @@ from app.api.http import (
     read_limited,
     read_policy,
 )
+from app.auth import Principal
 from app.cluster.slots import format_address
 from app.errors import InvalidPreconditionError, InvalidTtlError
 from app.gateway import Gateway
+from app.router import ReadPolicy
 from app.store import now_ms
 
 Scope = MutableMapping[str, Any]
@@ -41,6 +43,14 @@ def header(scope: Scope, name: bytes) -> str | None:
             text: str = value.decode("latin-1")
             return text
     return None
+
+
+PRINCIPAL = "cachegw.principal"  # scope entry set by the app's authentication, before any handler
+
+
+def _namespace(gateway: Gateway, scope: Scope) -> str:
+    principal: Principal | None = scope.get(PRINCIPAL)
+    return gateway.settings.auth.default_namespace if principal is None else principal.namespace
 
 
 def _key(gateway: Gateway, scope: Scope) -> str:
@@ -73,9 +83,8 @@ def _match(value: str | None) -> tuple[list[int] | None, bool]:
     return (None, True) if tags.any else (tags.versions(strong_only=True), False)
 
 
-async def read(gateway: Gateway, scope: Scope) -> Answer:
-    """GET and HEAD of a key."""
-    settings = gateway.settings
+def _read_request(gateway: Gateway, scope: Scope) -> tuple[str, TagList | None, ReadPolicy]:
+    """A read's key, If-None-Match and Cache-Control policy, each validated."""
     key = _key(gateway, scope)
     if_none_match = cache_control = None
     for name, value in scope["headers"]:
@@ -84,13 +93,20 @@ async def read(gateway: Gateway, scope: Scope) -> Answer:
         elif name == b"cache-control":
             cache_control = value.decode("latin-1")
     tags = None if if_none_match is None else parse_tag_list(if_none_match, name="If-None-Match")
-    router = gateway.router
+    default = gateway.router.default_policy
     policy = (
-        router.default_policy
+        default
         if cache_control is None
-        else read_policy(cache_control, staleness=settings.staleness, default=router.default_policy)
+        else read_policy(cache_control, staleness=gateway.settings.staleness, default=default)
     )
-    result = await router.get(router.ref(settings.namespace, key), policy)
+    return key, tags, policy
+
+
+async def read(gateway: Gateway, scope: Scope) -> Answer:
+    """GET and HEAD of a key."""
+    key, tags, policy = _read_request(gateway, scope)
+    router = gateway.router
+    result = await router.get(router.ref(_namespace(gateway, scope), key), policy)
     entry = result.entry
     headers = entry_headers(result, now_ms())
     if tags is not None and none_match(tags, entry.version):
@@ -116,7 +132,7 @@ async def put(gateway: Gateway, scope: Scope, body: AsyncIterator[bytes]) -> Ans
     value = await read_limited(body, content_length=header(scope, b"content-length"), limit=limit)
     router = gateway.router
     result = await router.put(
-        router.ref(gateway.settings.namespace, key), value,
+        router.ref(_namespace(gateway, scope), key), value,
         content_type=content_type, ttl_s=ttl,
         if_match=if_match, if_exists=if_exists, if_none_match=create_only,
     )  # fmt: skip
@@ -139,7 +155,7 @@ async def delete(gateway: Gateway, scope: Scope) -> Answer:
     key = _key(gateway, scope)
     if_match, _ = _match(header(scope, b"if-match"))
     router = gateway.router
-    await router.delete(router.ref(gateway.settings.namespace, key), if_match=if_match)
+    await router.delete(router.ref(_namespace(gateway, scope), key), if_match=if_match)
     return 204, [], b""
 
 
@@ -147,15 +163,18 @@ async def invalidate(gateway: Gateway, scope: Scope) -> Answer:
     """POST /v1/keys/{key}/invalidate: every cache tier drops the key; the store keeps it."""
     key = _key(gateway, scope)
     router = gateway.router
-    await router.invalidate(router.ref(gateway.settings.namespace, key))
+    await router.invalidate(router.ref(_namespace(gateway, scope), key))
     return 204, [], b""
 
 
 def explain(gateway: Gateway, scope: Scope) -> Answer:
-    """GET /v1/keys/{key}?explain=1: how a read of the key would be routed (never its value)."""
-    key = _key(gateway, scope)
+    """GET /v1/keys/{key}?explain=1: how a read of the key would be routed (never its value).
+
+    The request is validated as a read would be: a malformed header is refused here too.
+    """
+    key, _, _ = _read_request(gateway, scope)
     router = gateway.router
-    ref = router.ref(gateway.settings.namespace, key)
+    ref = router.ref(_namespace(gateway, scope), key)
     slot, shard = gateway.slots.shard_for(ref.rkey)
     breakers = {b.route: b.state.name.lower() for b in gateway.breakers.breakers()}
     order: list[str] = []

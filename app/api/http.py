@@ -34,7 +34,7 @@ _FORBIDDEN_IN_KEY = re.compile(r"[\x00-\x1f\x7f-\x9f/]")
 
 
 _DIRECTIVE = re.compile(
-    r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^,\s]*))?\s*(?:,|$)'
+    r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^,\s]*))?\s*,'
 )
 
 
@@ -44,19 +44,18 @@ def read_policy(
     """The request's Cache-Control directives as a read policy (RFC 9111 section 5.2.1, 5861).
 
     ``max-stale[=N]`` and ``stale-if-error=N`` are capped by the server; ``no-cache`` and
-    ``max-age=0`` read the store; ``only-if-cached`` never does. Unknown directives are ignored,
-    as RFC 9111 asks; a known one with a malformed number is refused.
+    ``max-age=0`` read the store; ``only-if-cached`` never does. Unknown or unreadable directives
+    are ignored, as RFC 9111 asks of caches; one of these four with a malformed number is refused
+    (the caller meant something, and a silent default would surprise them).
     """
     if not header or not header.strip():
         return default
     max_stale, stale_if_error = default.max_stale_s, default.stale_if_error_s
     no_cache = only_if_cached = False
-    position, text = 0, header.strip()
-    while position < len(text):
-        match = _DIRECTIVE.match(text, position)
-        if match is None or match.end() == position:
-            raise InvalidCacheControlError("Cache-Control is not a list of directives")
-        position = match.end()
+    for part in header.split(","):
+        match = _DIRECTIVE.fullmatch(part.strip() + ",")
+        if match is None:
+            continue
         name, raw = match.group(1).lower(), match.group(2)
         value = raw.strip('"') if raw is not None else None
         if name == "max-stale":
@@ -120,6 +119,10 @@ def content_type_of(header: str | None) -> str:
     value = header.strip()
     if len(value) > MAX_CONTENT_TYPE_LENGTH or not _MEDIA_TYPE.match(value):
         raise UnsupportedMediaTypeError("Content-Type is not a valid media type")
+    if "*" in value.split(";", 1)[0]:
+        raise UnsupportedMediaTypeError(
+            "Content-Type must be a concrete type, not a range like */*"
+        )
     return value
 
 

@@ -14,25 +14,43 @@ from app.gateway import Gateway
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
+KEY_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f/]+$"
+# RFC 9110 entity-tag lists, as the handlers parse them (documented so clients and fuzzers
+# know the shape; malformed ones get an invalid-precondition problem).
+_TAG = '(W/)?"[\\u0021\\u0023-\\u007e]*"'
+TAG_LIST_PATTERN = f"^\\s*(\\*|{_TAG}(\\s*,\\s*{_TAG})*)\\s*$"
+TAG_LIST = {"pattern": TAG_LIST_PATTERN}
 KeyParam = Annotated[
     str,
     Path(
         description="The key: 1 to 512 bytes of UTF-8, percent-encoded in the URL; no control "
         "characters and no '/'. A `{tag}` inside it chooses the Redis slot, as in Redis.",
-        examples=["user:42"],
+        openapi_examples={
+            "plain": {"summary": "A plain key", "value": "user:42"},
+            "tagged": {"summary": "A key whose {tag} picks the slot", "value": "{user:42}:cart"},
+        },
+        # Documented, not checked here: the handlers check keys (the limit is in bytes of
+        # UTF-8, which a schema cannot say) and answer invalid-key problems on both paths.
+        json_schema_extra={"minLength": 1, "maxLength": 512, "pattern": KEY_PATTERN},
     ),
 ]
+# Optional parameters give their examples in the description, not as OpenAPI examples: Swagger
+# UI's "Try it out" fills an example in, and an If-Match or explain nobody asked for changes what
+# the request does.
 IfNoneMatch = Annotated[
     str | None,
-    Header(description='`*` or entity-tags such as `"17"`: answer 304 when one matches.'),
+    Header(
+        description='`*` or entity-tags such as `"17"`: answer 304 when one matches.',
+        json_schema_extra=TAG_LIST,
+    ),
 ]
 CacheControl = Annotated[
     str | None,
     Header(
         description="`max-stale=N` / `stale-if-error=N`: how stale a fallback tier's answer may be "
         "(capped by the server); `no-cache`: read the store and refresh the caches; "
-        "`only-if-cached`: never read the store (504 when no cache tier has the key).",
-        examples=["max-stale=5, stale-if-error=60"],
+        "`only-if-cached`: never read the store (504 when no cache tier has the key). "
+        "For example `max-stale=5, stale-if-error=60`.",
     ),
 ]
 
@@ -50,8 +68,17 @@ def answer(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> Resp
 
 
 READ_OK = {
-    "description": "The stored bytes, with the Content-Type they were stored with.",
-    "content": {"*/*": schemas.BINARY},
+    "description": "The stored bytes, with the Content-Type they were stored with; "
+    "with `explain=true`, the routing explanation as JSON.",
+    "content": {
+        "application/json": {
+            "schema": {
+                "description": "A value stored as JSON, or the routing explanation.",
+                "anyOf": [schemas.EXPLAIN, {}],
+            }
+        },
+        "*/*": schemas.BINARY,
+    },
     "headers": {
         "ETag": schemas.ETAG,
         "Age": schemas.AGE,
@@ -65,11 +92,11 @@ READ_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "The client's copy (If-None-Match) is current.",
         "headers": {"ETag": schemas.ETAG},
     },
-    400: schemas.problem_response("A precondition or Cache-Control header is malformed."),
+    400: schemas.BAD_PRECONDITION,
     404: schemas.NOT_FOUND,
     422: schemas.VALIDATION,
     503: schemas.UNAVAILABLE,
-    504: schemas.problem_response("only-if-cached, and no cache tier holds the key."),
+    504: schemas.NOT_CACHED,
 }
 
 
@@ -89,7 +116,7 @@ async def get_key(
         bool,
         Query(
             description="Answer how a read of the key would be routed (slot, owner, replicas, "
-            "breakers, tier order, whether a load is in flight) instead of its value."
+            "breakers, tier order, whether a load is in flight) instead of its value.",
         ),
     ] = False,
 ) -> Response:
@@ -131,8 +158,8 @@ async def head_key(
         },
         400: schemas.BAD_PRECONDITION,
         412: schemas.PRECONDITION,
-        413: schemas.problem_response("The body is larger than the value size limit."),
-        415: schemas.problem_response("Content-Type is not a valid media type."),
+        413: schemas.TOO_LARGE,
+        415: schemas.UNSUPPORTED,
         422: schemas.VALIDATION,
         503: schemas.UNAVAILABLE,
     },
@@ -141,7 +168,12 @@ async def head_key(
             "required": True,
             "description": "The value: any bytes, at most 1 MiB by default. "
             "Its Content-Type is kept.",
-            "content": {"*/*": schemas.BINARY},
+            "content": {
+                "text/plain": {"schema": {"type": "string"}, "example": "hello, world"},
+                "application/octet-stream": schemas.BINARY,
+                "application/json": {"schema": {}, "example": {"name": "Ada", "visits": 3}},
+                "*/*": schemas.BINARY,
+            },
         }
     },
 )
@@ -150,14 +182,26 @@ async def put_key(
     key: KeyParam,
     ttl: Annotated[
         int | None,
-        Query(ge=1, description="Seconds until the entry expires (1 s to 30 days by default)."),
+        Query(
+            ge=1,
+            description="Seconds until the entry expires (1 s to 30 days by default), "
+            "for example `3600`.",
+            json_schema_extra={"maximum": 30 * 86400},
+        ),
     ] = None,
     if_match: Annotated[
         str | None,
-        Header(description='Compare-and-set: write only if the version is `"N"` (or `*`: exists).'),
+        Header(
+            description='Compare-and-set: write only if the version is `"N"` (or `*`: exists).',
+            json_schema_extra=TAG_LIST,
+        ),
     ] = None,
     if_none_match: Annotated[
-        str | None, Header(description="`*`: create only; 412 if the key exists.")
+        str | None,
+        Header(
+            description="`*`: create only; 412 if the key exists.",
+            json_schema_extra={"pattern": "^\\s*\\*\\s*$"},
+        ),
     ] = None,
 ) -> Response:
     """Durable before acknowledged: 2xx only after the store committed."""
@@ -183,7 +227,11 @@ async def delete_key(
     request: Request,
     key: KeyParam,
     if_match: Annotated[
-        str | None, Header(description='Delete only if the version is `"N"`.')
+        str | None,
+        Header(
+            description='Delete only if the version is `"N"`.',
+            json_schema_extra=TAG_LIST,
+        ),
     ] = None,
 ) -> Response:
     """Durable before acknowledged; no tier serves the key afterwards."""

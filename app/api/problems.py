@@ -18,6 +18,8 @@ from starlette.responses import Response
 
 from app.errors import (
     CachegwError,
+    ForbiddenError,
+    HeadersTooLargeError,
     InvalidCacheControlError,
     InvalidKeyError,
     InvalidPreconditionError,
@@ -25,9 +27,12 @@ from app.errors import (
     KeyNotFoundError,
     NoAnswerError,
     NotCachedError,
+    RateLimitedError,
     StoreConflictError,
     StoreUnavailableError,
+    TargetTooLongError,
     TierError,
+    UnauthenticatedError,
     UnsupportedMediaTypeError,
     ValueTooLargeError,
 )
@@ -63,6 +68,10 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
                     "If-Match / If-None-Match must be * or a list of entity-tags such as \"42\"."),
         ProblemType("invalid-cache-control", 400, "Invalid Cache-Control",
                     "max-stale, stale-if-error and max-age take a whole number of seconds."),
+        ProblemType("headers-too-large", 431, "Request headers too large",
+                    "The request's headers together are over the limit; nothing was read."),
+        ProblemType("target-too-long", 414, "URI too long",
+                    "The request's path and query string are over the limit."),
         ProblemType("unsupported-media-type", 415, "Unsupported media type",
                     "Content-Type must be a media type such as application/json."),
         ProblemType("value-too-large", 413, "Value too large",
@@ -78,6 +87,12 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
                     "only-if-cached was asked and no cache tier holds the key within policy."),
         ProblemType("no-answer", 503, "No tier could answer",
                     "No cache tier could answer within policy and the store could not either."),
+        ProblemType("unauthenticated", 401, "Unauthenticated",
+                    "Send a valid API key: Authorization: Bearer cg_<prefix>_<secret>."),
+        ProblemType("forbidden", 403, "Forbidden",
+                    "The API key is valid but lacks the scope (read, write, admin) this needs."),
+        ProblemType("rate-limited", 429, "Too many requests",
+                    "The API key is over its request rate; retry after Retry-After seconds."),
         ProblemType("internal-error", 500, "Internal error",
                     "The gateway failed unexpectedly; the failure was logged."),
     )
@@ -125,6 +140,18 @@ def _etag_headers(version: int | None) -> dict[str, str] | None:
 def error_response(exc: Exception, *, instance: str | None = None) -> Response:
     """The problem for one of the gateway's errors (shared by FastAPI and the lean GET path)."""
     match exc:
+        case UnauthenticatedError():
+            return typed_problem(
+                "unauthenticated", str(exc), instance=instance,
+                headers={"WWW-Authenticate": 'Bearer realm="cachegw"'},
+            )  # fmt: skip
+        case ForbiddenError():
+            return typed_problem("forbidden", str(exc), instance=instance)
+        case RateLimitedError():
+            return typed_problem(
+                "rate-limited", str(exc), instance=instance,
+                headers={"Retry-After": str(exc.retry_after_s)},
+            )  # fmt: skip
         case InvalidKeyError():
             return typed_problem("invalid-key", str(exc), instance=instance)
         case InvalidTtlError():
@@ -133,6 +160,12 @@ def error_response(exc: Exception, *, instance: str | None = None) -> Response:
             return typed_problem("invalid-precondition", str(exc), instance=instance)
         case InvalidCacheControlError():
             return typed_problem("invalid-cache-control", str(exc), instance=instance)
+        case HeadersTooLargeError():
+            return typed_problem(
+                "headers-too-large", str(exc), instance=instance, headers={"Connection": "close"}
+            )
+        case TargetTooLongError():
+            return typed_problem("target-too-long", str(exc), instance=None)
         case UnsupportedMediaTypeError():
             return typed_problem("unsupported-media-type", str(exc), instance=instance)
         case ValueTooLargeError():

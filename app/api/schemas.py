@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from app.api.problems import PROBLEM_TYPES
+
 
 class Problem(BaseModel):
     """RFC 9457 problem details."""
@@ -61,19 +63,93 @@ LOCATION = _header("The key's URL (on 201).", "/v1/keys/user:42")
 
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 
+_ADDRESS = {"type": "string", "example": "10.0.0.7:6379"}
+EXPLAIN = {
+    "title": "Explain",
+    "description": "How a read of the key would be routed (`?explain=true`); never its value.",
+    "type": "object",
+    "required": [
+        "key", "namespace", "redis_key_slot", "owner", "replicas", "breakers", "tier_order",
+        "load_in_flight", "newest_announced_seq", "local_copy", "degraded_mode", "deadline_ms",
+    ],
+    "properties": {
+        "key": {"type": "string"},
+        "namespace": {"type": "string"},
+        "redis_key_slot": {"type": "integer", "minimum": 0, "maximum": 16383},
+        "owner": {
+            "type": ["string", "null"], "example": "10.0.0.7:6379",
+            "description": "The slot's primary, if known.",
+        },
+        "replicas": {"type": "array", "items": _ADDRESS},
+        "breakers": {
+            "type": "object",
+            "description": "Breaker state per route (closed, open, half_open).",
+            "additionalProperties": {"type": "string"},
+        },
+        "tier_order": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "The tiers a read would try now, in order.",
+        },
+        "load_in_flight": {"type": "boolean"},
+        "newest_announced_seq": {"type": ["integer", "null"]},
+        "local_copy": {
+            "type": ["object", "null"],
+            "properties": {"seq": {"type": "integer"}, "behind_s": {"type": "number"}},
+        },
+        "degraded_mode": {"type": "boolean"},
+        "deadline_ms": {"type": "integer"},
+    },
+}  # fmt: skip
 
-def problem_response(description: str, *, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": Problem, "description": description}
+
+def problem_response(
+    description: str, slug: str, detail: str, *, headers: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A documented error answer, with an example of its problem body."""
+    kind = PROBLEM_TYPES[slug]
+    example = {
+        "type": kind.uri, "title": kind.title, "status": kind.status, "detail": detail,
+        "instance": "/v1/keys/user:42",
+    }  # fmt: skip
+    out: dict[str, Any] = {
+        "model": Problem,
+        "description": description,
+        "content": {"application/json": {"example": example}},
+    }
     if headers:
         out["headers"] = headers
     return out
 
 
-VALIDATION = problem_response("The key, ttl or a header is invalid (problem type invalid-*).")
-NOT_FOUND = problem_response("The store has no live entry for this key.")
+VALIDATION = problem_response(
+    "The key, ttl or a header is invalid (problem types invalid-*).",
+    "invalid-key", "the key contains a control character or '/'",
+)  # fmt: skip
+NOT_FOUND = problem_response(
+    "The store has no live entry for this key.", "key-not-found", "no live entry for this key"
+)
 UNAVAILABLE = problem_response(
     "No tier could answer within the deadline, or the store could not commit; nothing changed.",
-    headers={"Retry-After": RETRY_AFTER},
-)
-PRECONDITION = problem_response("If-Match / If-None-Match did not hold.", headers={"ETag": ETAG})
-BAD_PRECONDITION = problem_response("If-Match / If-None-Match is not a valid entity-tag list.")
+    "store-unavailable", "store: get timed out", headers={"Retry-After": RETRY_AFTER},
+)  # fmt: skip
+PRECONDITION = problem_response(
+    "If-Match / If-None-Match did not hold.", "precondition-failed", "precondition failed",
+    headers={"ETag": ETAG},
+)  # fmt: skip
+BAD_PRECONDITION = problem_response(
+    "If-Match / If-None-Match (or, on reads, Cache-Control) is malformed.",
+    "invalid-precondition", 'If-Match must be * or a comma-separated list of entity-tags like "42"',
+)  # fmt: skip
+TOO_LARGE = problem_response(
+    "The body is larger than the value size limit (read no further than the limit).",
+    "value-too-large", "the value exceeds the limit of 1048576 bytes",
+)  # fmt: skip
+UNSUPPORTED = problem_response(
+    "Content-Type is not a concrete media type.", "unsupported-media-type",
+    "Content-Type is not a valid media type",
+)  # fmt: skip
+NOT_CACHED = problem_response(
+    "only-if-cached, and no cache tier holds the key.", "not-cached",
+    "no cache tier holds this key within policy",
+)  # fmt: skip

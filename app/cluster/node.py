@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis import exceptions as rex
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import Connection, SSLConnection
 
 from app.cluster.errors import translate
 from app.cluster.slots import Address, format_address
@@ -70,6 +70,11 @@ class NodeOptions:
     max_in_flight: int = 1024
     username: str | None = None
     password: str | None = None
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_check_hostname: bool = True
 
 
 @dataclass(slots=True)
@@ -174,7 +179,18 @@ class NodeClient:
             return None
         self._open += 1
         host, port = self.address
-        return Connection(
+        options = self.options
+        tls: dict[str, Any] = {}
+        if options.tls:
+            tls = {
+                "ssl_ca_certs": options.tls_ca_file,
+                "ssl_certfile": options.tls_cert_file,
+                "ssl_keyfile": options.tls_key_file,
+                "ssl_check_hostname": options.tls_check_hostname,
+            }
+        connection_class = SSLConnection if options.tls else Connection
+        return connection_class(
+            **tls,
             host=host,
             port=port,
             username=self.options.username,

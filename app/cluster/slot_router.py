@@ -65,6 +65,11 @@ class SlotRouter:
             max_in_flight=settings.max_in_flight_per_node,
             username=settings.username,
             password=settings.password.get_secret_value() if settings.password else None,
+            tls=settings.tls,
+            tls_ca_file=settings.tls_ca_file,
+            tls_cert_file=settings.tls_cert_file,
+            tls_key_file=settings.tls_key_file,
+            tls_check_hostname=settings.tls_check_hostname,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -299,6 +304,13 @@ class SlotRouter:
         for key in [key for key in self._clients if key[0] not in keep]:
             client = self._clients.pop(key)
             asyncio.get_running_loop().create_task(client.aclose())
+        if self.breakers is not None:
+            # A node's breaker goes with the node, and with the role it no longer has.
+            routes: set[str] = set()
+            for shard in self.map.shards():
+                routes.add(f"primary@{format_address(shard.primary)}")
+                routes.update(f"replica@{format_address(r)}" for r in shard.replicas)
+            self.breakers.retain(lambda route: "@" not in route or route in routes)
 
 
 def _pairs(flat: object) -> dict[bytes, object]:

@@ -29,6 +29,29 @@ from app.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# The API key every test client sends unless a test says otherwise (made with the stack).
+TEST_KEY: list[str] = [""]
+
+
+def cli(stack: Stack, *args: str) -> str:
+    """``cachegw <args>`` against the stack; its standard output."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], cwd=ROOT, env={**os.environ, **stack.env()},
+        check=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return proc.stdout
+
+
+def create_key(stack: Stack, namespace: str, scopes: str, *extra: str) -> str:
+    """A new API key, made with the project's own command."""
+    output = cli(stack, "keys", "create", "--namespace", namespace, "--scopes", scopes, *extra)
+    return output.strip().splitlines()[-1]
+
+
+def auth_headers(key: str | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key or TEST_KEY[0]}"}
+
+
 def _free_pg_port(redis_base: int) -> int:
     taken = {redis_base + i for i in range(6)} | {
         redis_base + i + BUS_PORT_OFFSET for i in range(6)
@@ -60,6 +83,7 @@ def stack() -> Iterator[Stack]:
             [sys.executable, "-m", "app.cli", "migrate", "up"], cwd=ROOT, env=env, check=True,
             capture_output=True, timeout=120,
         )  # fmt: skip
+        TEST_KEY[0] = create_key(stack, "default", "read,write,admin")
         yield stack
     finally:
         stack.down(purge=True)
@@ -92,12 +116,16 @@ def settings_for(stack: Stack, **overrides: Any) -> Settings:
 
 
 @asynccontextmanager
-async def gateway_client(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
-    """An in-process gateway (lifespan run) and an HTTP client for it."""
+async def gateway_client(
+    settings: Settings, *, api_key: str | None = None
+) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
+    """An in-process gateway (lifespan run) and an HTTP client for it, sending an API key."""
     app = create_app(settings)
     async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
         transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://gateway", headers=auth_headers(api_key)
+        ) as client:
             yield client, app.state.gateway
 
 

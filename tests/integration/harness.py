@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from app.devstack import Stack, find_free_port
+from tests.integration.conftest import auth_headers
 from tests.integration.rawhttp import Connection, Reply
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +103,9 @@ class Workload:
         return version
 
     async def seed(self) -> None:
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as client:
+        async with httpx.AsyncClient(
+            base_url=self.base_url, timeout=10, headers=auth_headers()
+        ) as client:
             for i in range(0, len(self.keys), 50):
                 await asyncio.gather(*(self.write(client, key) for key in self.keys[i : i + 50]))
         if self.write_failures:
@@ -132,7 +135,9 @@ class Workload:
     async def _reader(self, until: float) -> None:
         rng = random.Random()
         parts = urlsplit(self.base_url)
-        connection = Connection(parts.hostname or "127.0.0.1", parts.port or 80)
+        connection = Connection(
+            parts.hostname or "127.0.0.1", parts.port or 80, headers=auth_headers()
+        )
         try:
             while time.monotonic() < until:
                 await self._read_one(connection, rng.choice(self.keys))
@@ -174,7 +179,9 @@ class Workload:
     ) -> None:
         """Read and write for ``duration_s``; run each event at its offset (seconds)."""
         limits = httpx.Limits(max_connections=readers + writers + 5)
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=5, limits=limits) as client:
+        async with httpx.AsyncClient(
+            base_url=self.base_url, timeout=5, limits=limits, headers=auth_headers()
+        ) as client:
             self.started = time.monotonic()
             until = self.started + duration_s
 
@@ -192,7 +199,9 @@ class Workload:
     async def verify_final(self, *, timeout_s: float = 10.0) -> None:
         """Every key answers its last acknowledged version, fresh (bounded wait for repairs)."""
         parts = urlsplit(self.base_url)
-        connection = Connection(parts.hostname or "127.0.0.1", parts.port or 80)
+        connection = Connection(
+            parts.hostname or "127.0.0.1", parts.port or 80, headers=auth_headers()
+        )
         deadline = time.monotonic() + timeout_s
         try:
             pending = set(self.keys)

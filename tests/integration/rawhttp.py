@@ -19,8 +19,9 @@ class Reply:
 
 
 class Connection:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, headers: dict[str, str] | None = None) -> None:
         self.host, self.port = host, port
+        self.headers = headers or {}
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -36,7 +37,7 @@ class Connection:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         assert self._reader is not None
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
-        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        lines += [f"{k}: {v}" for k, v in {**self.headers, **(headers or {})}.items()]
         if body or method in ("PUT", "POST"):
             lines.append(f"Content-Length: {len(body)}")
         self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)

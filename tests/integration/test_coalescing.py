@@ -10,7 +10,7 @@ import asyncpg
 import httpx
 
 from app.devstack import Stack
-from tests.integration.conftest import gateway_client, settings_for
+from tests.integration.conftest import auth_headers, gateway_client, settings_for
 from tests.integration.harness import gateway_process
 from tests.integration.rawhttp import Connection
 
@@ -58,10 +58,12 @@ async def store_reads(stack: Stack) -> int:
 async def stampede(base: str, stack: Stack, rounds: int) -> list[int]:
     """``rounds`` times: a new cold key, 1,000 concurrent GETs of it; store reads per round."""
     host, port = base.removeprefix("http://").rsplit(":", 1)
-    async with httpx.AsyncClient(base_url=base, timeout=5) as warm:  # every worker up
+    async with httpx.AsyncClient(
+        base_url=base, timeout=5, headers=auth_headers()
+    ) as warm:  # every worker up
         for _ in range(20):
             await warm.get("/livez")
-    connections = [Connection(host, int(port)) for _ in range(1000)]
+    connections = [Connection(host, int(port), headers=auth_headers()) for _ in range(1000)]
     try:
         results = []
         for round_ in range(rounds):

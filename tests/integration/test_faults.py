@@ -22,6 +22,7 @@ from tests.integration.cluster_ops import (
     redis_cli,
     reshard,
 )
+from tests.integration.conftest import auth_headers
 from tests.integration.harness import Workload, gateway_process, metric, spread_keys
 from tests.integration.redis_direct import cached, restore
 
@@ -215,7 +216,9 @@ async def test_postgres_down(healthy_stack: Stack, logs: Path) -> None:
         try:
             await work.run(3.0, writers=0)
             assert work.problems == [], work.problems[:10]  # hits are still served
-            async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+            async with httpx.AsyncClient(
+                base_url=base, timeout=5, headers=auth_headers()
+            ) as client:
                 miss = await client.get("/v1/keys/never-written")
                 assert miss.status_code == 503
                 assert miss.headers["retry-after"]
@@ -241,7 +244,7 @@ async def test_a_delete_while_redis_is_down_is_never_undone(
     key = "deleted-while-down"
     no_repair = {"CACHEGW_OUTBOX__GRACE_S": "600"}  # the checks below run before any repair
     with gateway_process(stack, logs, **no_repair) as base:
-        async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+        async with httpx.AsyncClient(base_url=base, timeout=5, headers=auth_headers()) as client:
             await client.put(f"/v1/keys/{key}", content=b"old")
             assert (await client.get(f"/v1/keys/{key}")).status_code == 200
             old = cached(stack, key)
@@ -255,7 +258,9 @@ async def test_a_delete_while_redis_is_down_is_never_undone(
             restore(stack, key, old)  # Redis came back holding the value from before the delete
             # Neither this process nor one started afterwards serves it.
             with gateway_process(stack, logs, **no_repair) as other:
-                async with httpx.AsyncClient(base_url=other, timeout=5) as fresh:
+                async with httpx.AsyncClient(
+                    base_url=other, timeout=5, headers=auth_headers()
+                ) as fresh:
                     for _ in range(20):
                         assert (await client.get(f"/v1/keys/{key}")).status_code == 404
                         assert (await fresh.get(f"/v1/keys/{key}")).status_code == 404
@@ -277,8 +282,8 @@ async def test_after_an_invalidate_a_replica_alone_does_not_serve_the_old_value(
     slot = key_slot(f"cg:default:{key}".encode())
     with gateway_process(stack, logs) as base, gateway_process(stack, logs) as other:
         async with (
-            httpx.AsyncClient(base_url=base, timeout=5) as a,
-            httpx.AsyncClient(base_url=other, timeout=5) as b,
+            httpx.AsyncClient(base_url=base, timeout=5, headers=auth_headers()) as a,
+            httpx.AsyncClient(base_url=other, timeout=5, headers=auth_headers()) as b,
         ):
             await a.put(f"/v1/keys/{key}", content=b"old")
             assert (await b.get(f"/v1/keys/{key}")).content == b"old"  # b has a local copy too

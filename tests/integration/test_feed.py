@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from app.devstack import Stack
-from tests.integration.conftest import gateway_client, settings_for
+from tests.integration.conftest import auth_headers, gateway_client, settings_for
 from tests.integration.harness import gateway_process
 from tests.integration.test_api_keys import new_key
 
@@ -42,7 +42,7 @@ async def test_feed_lag_p99_between_processes(stack: Stack, tmp_path: Path) -> N
     """200 writes in one process; the other process's feed-lag histogram has p99 <= 100 ms."""
     with gateway_process(stack, tmp_path) as writer, gateway_process(stack, tmp_path) as reader:
         before = lag_buckets(reader)
-        async with httpx.AsyncClient(base_url=writer, timeout=5) as client:
+        async with httpx.AsyncClient(base_url=writer, timeout=5, headers=auth_headers()) as client:
             for i in range(0, 200, 20):
                 await asyncio.gather(
                     *(client.put(f"/v1/keys/lag-{i + j}", content=b"x") for j in range(20))

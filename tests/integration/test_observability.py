@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from app.devstack import Stack
-from tests.integration.conftest import gateway_client, settings_for
+from tests.integration.conftest import auth_headers, gateway_client, settings_for
 from tests.integration.harness import gateway_process
 from tests.integration.rawhttp import Connection
 from tests.integration.test_api_keys import new_key
@@ -28,11 +28,11 @@ async def test_with_two_workers_metrics_are_the_sum_over_processes(
     stack: Stack, tmp_path: Path
 ) -> None:
     with gateway_process(stack, tmp_path, WORKERS="2") as base:
-        async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+        async with httpx.AsyncClient(base_url=base, timeout=5, headers=auth_headers()) as client:
             key = new_key("mp")
             await client.put(f"/v1/keys/{key}", content=b"v")
             host, port = base.removeprefix("http://").rsplit(":", 1)
-            connections = [Connection(host, int(port)) for _ in range(30)]
+            connections = [Connection(host, int(port), headers=auth_headers()) for _ in range(30)]
             try:
                 for _ in range(10):
                     replies = await asyncio.gather(

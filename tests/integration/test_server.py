@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from app.devstack import Stack, find_free_port
-from tests.integration.conftest import ROOT
+from tests.integration.conftest import ROOT, auth_headers
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def server(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
 
 def test_put_then_get_returns_identical_bytes_with_etag_and_cache_status(server: str) -> None:
     payload = os.urandom(200_000) + bytes(range(256))
-    with httpx.Client(base_url=server, timeout=5) as http:
+    with httpx.Client(base_url=server, timeout=5, headers=auth_headers()) as http:
         put = http.put("/v1/keys/somefile", content=payload, headers={"Content-Type": "image/png"})
         assert put.status_code in (200, 201)
         got = http.get("/v1/keys/somefile")
@@ -66,7 +66,7 @@ def test_put_then_get_returns_identical_bytes_with_etag_and_cache_status(server:
 
 
 def test_docs_and_schema_list_every_operation_with_its_errors(server: str) -> None:
-    with httpx.Client(base_url=server, timeout=5) as http:
+    with httpx.Client(base_url=server, timeout=5, headers=auth_headers()) as http:
         docs = http.get("/docs")
         assert docs.status_code == 200
         assert "swagger" in docs.text.lower()

@@ -3,7 +3,7 @@
 import http from 'k6/http';
 import { check } from 'k6';
 import { Counter } from 'k6/metrics';
-import { BASE_URL, DURATION, PUT_ROUTE, ROUTE, VUS, summary, value } from './lib/common.js';
+import { AUTH, BASE_URL, DURATION, PUT_ROUTE, ROUTE, VUS, summary, value } from './lib/common.js';
 
 const HOT_KEYS = Number(__ENV.HOT_KEYS || 8);
 const won = new Counter('cas_won');
@@ -22,11 +22,11 @@ const body = value();
 
 export default function () {
   const key = `bench-${Math.floor(Math.random() * HOT_KEYS)}`;
-  const read = http.get(`${BASE_URL}/v1/keys/${key}`, { tags: { name: ROUTE }, responseType: 'none' });
+  const read = http.get(`${BASE_URL}/v1/keys/${key}`, { tags: { name: ROUTE }, headers: AUTH, responseType: 'none' });
   if (!check(read, { 'read 200': (r) => r.status === 200 })) return;
   const write = http.put(`${BASE_URL}/v1/keys/${key}`, body, {
     tags: { name: PUT_ROUTE },
-    headers: { 'If-Match': read.headers.Etag || read.headers.ETag || '', 'Content-Type': 'application/octet-stream' },
+    headers: { ...AUTH, 'If-Match': read.headers.Etag || read.headers.ETag || '', 'Content-Type': 'application/octet-stream' },
   });
   if (write.status === 412) lost.add(1);
   else if (check(write, { 'write 2xx': (r) => r.status === 200 || r.status === 201 })) won.add(1);

@@ -5,9 +5,10 @@
 import http from 'k6/http';
 import { check } from 'k6';
 import { SharedArray } from 'k6/data';
+import { AUTH } from './lib/common.js';
 
 // Parsed once and shared by every VU (a plain open() would parse it once per VU).
-const all = new SharedArray('keys', () => {
+const all = new SharedArray('failover-keys', () => {
   const keys = JSON.parse(open(__ENV.KEYS_FILE));
   return keys.victim.map((k) => [k, 'victim']).concat(keys.healthy.map((k) => [k, 'healthy']));
 });
@@ -34,6 +35,7 @@ export default function () {
   const [key, shard] = all[Math.floor(Math.random() * all.length)];
   const response = http.get(`${base}/v1/keys/${encodeURIComponent(key)}`, {
     tags: { name: 'GET /v1/keys/{key}', shard },
+    headers: AUTH,
     timeout: '10s',
   });
   check(response, { 'status is 200': (r) => r.status === 200 });

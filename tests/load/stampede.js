@@ -2,7 +2,7 @@
 //   KEY  the cold key (the orchestrator puts it in the store only)
 import http from 'k6/http';
 import { check } from 'k6';
-import { BASE_URL, ROUTE, summary } from './lib/common.js';
+import { AUTH, BASE_URL, ROUTE, summary } from './lib/common.js';
 
 const users = Number(__ENV.STAMPEDE_VUS || 1000);
 
@@ -16,7 +16,7 @@ export const options = {
 };
 
 export default function () {
-  const r = http.get(`${BASE_URL}/v1/keys/${__ENV.KEY}`, { tags: { name: ROUTE }, timeout: '10s' });
+  const r = http.get(`${BASE_URL}/v1/keys/${__ENV.KEY}`, { tags: { name: ROUTE }, headers: AUTH, timeout: '10s' });
   check(r, { 'status is 200': (res) => res.status === 200 });
 }
 

@@ -124,3 +124,17 @@ def test_local_saturation_is_never_recorded() -> None:
         b.release()  # what the slot router does on NodeBusyError
     assert b.state is State.CLOSED
     assert b.snapshot()["calls_in_window"] == 0
+
+
+def test_the_board_forgets_routes_that_no_longer_exist() -> None:
+    board = BreakerBoard(BreakerSettings())
+
+    async def probe() -> None:
+        return None
+
+    board.get("primary@10.0.0.1:6379", probe=probe)
+    board.get("replica@10.0.0.2:6379")
+    board.get("store")
+    board.retain(lambda route: route != "primary@10.0.0.1:6379")
+    assert sorted(b.route for b in board.breakers()) == ["replica@10.0.0.2:6379", "store"]
+    assert board.get("primary@10.0.0.1:6379").state is State.CLOSED  # a fresh one, if it returns

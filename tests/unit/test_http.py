@@ -65,7 +65,8 @@ def test_content_types(header: str | None, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "header", ["text", "text/", "a b/c", "text/plain; x", "a/b\nc", "x/" + "y" * 300]
+    "header",
+    ["text", "text/", "a b/c", "text/plain; x", "a/b\nc", "x/" + "y" * 300, "*/*", "text/*"],
 )
 def test_bad_content_types(header: str) -> None:
     with pytest.raises(UnsupportedMediaTypeError):

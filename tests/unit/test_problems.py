@@ -20,6 +20,10 @@ CASES: list[tuple[Exception, int, str]] = [
     (errors.StoreUnavailableError("down"), 503, "/problems/store-unavailable"),
     (errors.NoAnswerError("none", retry_after_s=2), 503, "/problems/no-answer"),
     (errors.TierTimeoutError("slow", route="primary"), 503, "/problems/no-answer"),
+    (errors.UnauthenticatedError("no key"), 401, "/problems/unauthenticated"),
+    (errors.ForbiddenError("no scope"), 403, "/problems/forbidden"),
+    (errors.RateLimitedError("slow down", retry_after_s=3), 429, "/problems/rate-limited"),
+    (errors.HeadersTooLargeError("big"), 431, "/problems/headers-too-large"),
     (RuntimeError("secret internals"), 500, "/problems/internal-error"),
 ]
 
@@ -59,6 +63,8 @@ def test_every_gateway_error_class_has_a_mapping() -> None:
             exc = cls("x", limit_bytes=1)  # type: ignore[call-arg]
         elif cls is errors.StoreConflictError:
             exc = cls("x", current_version=None)  # type: ignore[call-arg]
+        elif cls is errors.RateLimitedError:
+            exc = cls("x", retry_after_s=1)  # type: ignore[call-arg]
         else:
             exc = cls("x")
         assert error_response(exc).status_code != 500, cls

@@ -31,7 +31,7 @@ def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CACHEGW_READ_DEADLINE_MS", "0", "read_deadline_ms"),
         ("CACHEGW_LIMITS__MAX_VALUE_BYTES", "-1", "limits.max_value_bytes"),
         ("CACHEGW_PG__POOL_MIN_SIZE", "50", "pg"),
-        ("CACHEGW_NAMESPACE", "has space", "namespace"),
+        ("CACHEGW_AUTH__DEFAULT_NAMESPACE", "has space", "auth.default_namespace"),
     ],
 )
 def test_bad_values_fail_naming_the_setting(

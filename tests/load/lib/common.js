@@ -7,6 +7,9 @@ export const VUS = Number(__ENV.VUS || 32);
 export const KEY_COUNT = Number(__ENV.KEY_COUNT || 10000);
 export const VALUE_BYTES = Number(__ENV.VALUE_BYTES || 100);
 export const ROUTE = 'GET /v1/keys/{key}';
+// API_KEY: sent as `Authorization: Bearer <key>` on every request (unset: no header, for a
+// gateway with auth disabled or the naive proxy).
+export const AUTH = __ENV.API_KEY ? { Authorization: `Bearer ${__ENV.API_KEY}` } : {};
 export const PUT_ROUTE = 'PUT /v1/keys/{key}';
 
 // The keys the orchestrator seeded: bench-<i>, i < KEY_COUNT (parsed once, shared by every VU).

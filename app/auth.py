@@ -1,0 +1,186 @@
+"""API keys: who may call, in which namespace, with which scopes, at what rate.
+
+A key looks like ``cg_<prefix>_<secret>``. The store keeps the prefix (to find the key) and a
+SHA-256 of the secret (to check it, in constant time); the secret itself is shown once, when the
+key is made, and never stored or logged. Every process keeps the table in memory and reloads it
+every ``refresh_s``, so a revoked key stops working within that time in every process.
+
+Each key has a token bucket (per process): ``rate_per_s`` refill, ``burst`` capacity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from app.errors import (
+    ForbiddenError,
+    RateLimitedError,
+    StoreError,
+    UnauthenticatedError,
+)
+from app.settings import AuthSettings
+from app.store import ApiKeyRow, Store
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("read", "write", "admin")
+KEY_PREFIX = "cg"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a key's namespace and scopes (or everything, with auth disabled)."""
+
+    namespace: str
+    scopes: frozenset[str]
+    key_prefix: str | None = None
+
+    def require(self, scope: str) -> None:
+        if scope not in self.scopes:
+            raise ForbiddenError(f"this API key lacks the {scope!r} scope")
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    token: str
+    prefix: str
+    secret_hash: bytes
+
+
+def make_key() -> NewKey:
+    """A fresh key: show ``token`` to its owner once; store only ``prefix`` and the hash."""
+    prefix = secrets.token_hex(4)
+    secret = secrets.token_urlsafe(24)
+    return NewKey(f"{KEY_PREFIX}_{prefix}_{secret}", prefix, hash_secret(secret))
+
+
+def hash_secret(secret: str) -> bytes:
+    # Secrets are 192 random bits: a plain SHA-256 is enough (no dictionary to slow down).
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def split_token(token: str) -> tuple[str, str] | None:
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+@dataclass(slots=True)
+class _Bucket:
+    rate_per_s: float
+    burst: float
+    tokens: float
+    updated: float
+
+    def take(self, now: float) -> float:
+        """0 when a request may go now, else the seconds until one may."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate_per_s)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate_per_s if self.rate_per_s > 0 else math.inf
+
+
+@dataclass
+class ApiKeys:
+    """The key table of this process, and the rate limiters of its keys."""
+
+    store: Store
+    settings: AuthSettings
+    clock: Callable[[], float] = time.monotonic
+    _keys: dict[str, ApiKeyRow] = field(default_factory=dict)
+    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+    _task: asyncio.Task[None] | None = None
+    loaded: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.enabled
+
+    async def start(self) -> None:
+        if not self.enabled:
+            log.warning("authentication is DISABLED (CACHEGW_AUTH__ENABLED=false): anyone may call")
+            return
+        with contextlib.suppress(StoreError):
+            await self.reload()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.refresh_s)
+            try:
+                await self.reload()
+            except StoreError as exc:
+                log.warning("API key reload failed (keeping the last table): %s", exc)
+
+    async def reload(self) -> None:
+        rows = await self.store.api_keys(deadline=asyncio.get_running_loop().time() + 2.0)
+        self.use(rows)
+
+    def use(self, rows: list[ApiKeyRow]) -> None:
+        """Take ``rows`` as the key table; a key whose limits changed gets a fresh bucket."""
+        self._keys = {row.prefix: row for row in rows if row.revoked_at is None}
+        for prefix, bucket in list(self._buckets.items()):
+            row = self._keys.get(prefix)
+            if row is None or (bucket.rate_per_s, bucket.burst) != self._limits(row):
+                del self._buckets[prefix]
+        self.loaded = True
+
+    def _limits(self, row: ApiKeyRow | None) -> tuple[float, float]:
+        rate = row.rate_per_s if row is not None and row.rate_per_s else self.settings.rate_per_s
+        burst = row.burst if row is not None and row.burst else self.settings.burst
+        return rate, float(burst)
+
+    def authenticate(self, authorization: bytes | None) -> Principal:
+        """The caller of a request from its ``Authorization`` header, or UnauthenticatedError."""
+        if not self.enabled:
+            return Principal(self.settings.default_namespace, frozenset(SCOPES))
+        if authorization is None:
+            raise UnauthenticatedError("an API key is required: Authorization: Bearer <key>")
+        scheme, _, token = authorization.decode("latin-1").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise UnauthenticatedError("use Authorization: Bearer <key>")
+        parts = split_token(token.strip())
+        row = None if parts is None else self._keys.get(parts[0])
+        if (
+            parts is None
+            or row is None
+            or not hmac.compare_digest(hash_secret(parts[1]), row.secret_hash)
+        ):
+            raise UnauthenticatedError("the API key is not valid (unknown, revoked or mistyped)")
+        return Principal(row.namespace, frozenset(row.scopes), row.prefix)
+
+    def admit(self, principal: Principal) -> None:
+        """Take a token from the key's bucket, or RateLimitedError with the wait."""
+        prefix = principal.key_prefix
+        if prefix is None:
+            return
+        bucket = self._buckets.get(prefix)
+        if bucket is None:
+            rate, burst = self._limits(self._keys.get(prefix))
+            if rate <= 0:
+                return
+            bucket = self._buckets[prefix] = _Bucket(rate, burst, burst, self.clock())
+        wait_s = bucket.take(self.clock())
+        if wait_s > 0:
+            raise RateLimitedError(
+                "this API key is over its request rate", retry_after_s=max(1, math.ceil(wait_s))
+            )
