@@ -35,7 +35,10 @@ EXPECTED_SERVICES = {
     "gateway",
     "prometheus",
     "grafana",
+    "otel-collector",
+    "jaeger",
 }
+OBSERVABILITY = {"prometheus", "grafana", "otel-collector", "jaeger"}
 GATEWAY_DEPENDS_ON = {
     "postgres": "service_healthy",
     "redis-cluster-init": "service_completed_successfully",
@@ -317,6 +320,23 @@ def test_prometheus_scrapes_the_gateway(compose: dict[str, Any]) -> None:
         for target in static["targets"]
     ]
     assert "gateway:8000" in targets
+
+
+def test_the_observability_profile(compose: dict[str, Any]) -> None:
+    yaml = pytest.importorskip("yaml")
+    services = compose["services"]
+    profiled = {name for name, s in services.items() if "observability" in s.get("profiles", [])}
+    assert profiled == OBSERVABILITY
+    collector = yaml.safe_load((ROOT / "docker" / "otel-collector.yaml").read_text())
+    pipeline = collector["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"]
+    (exporter,) = pipeline["exporters"]
+    assert collector["exporters"][exporter]["endpoint"] == "jaeger:4317"
+    assert "COLLECTOR_OTLP_ENABLED" in services["jaeger"]["environment"]
+    env = services["gateway"]["environment"]
+    # Off unless asked for: an empty endpoint leaves tracing off (app/tracing.py).
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == ""
+    assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
 
 
 # --- docker/Dockerfile and .dockerignore ---------------------------------------------------
