@@ -128,7 +128,7 @@ class GatewayApp(FastAPI):
                     return
                 scope[handlers.PRINCIPAL] = principal
             if self.lean_path and lean.wants_lean(scope):
-                if self.traced_lean is not None:
+                if self.traced_lean is not None and tracing.head_sampled(scope["headers"]):
                     await self.traced_lean(scope, receive, send_with_id)
                 else:
                     await lean.serve(self.state.gateway, scope, receive, send_with_id)

@@ -7,7 +7,11 @@ with ``db.system.name``, ``db.operation.name``, ``server.address``, ``server.por
 (``cachegw.key.hash``) unless ``CACHEGW_TRACE_KEYS_PLAINLY`` allows it, and request paths in span
 attributes have the key replaced by ``{key}``.
 
-When tracing is off nothing is created on the hot path: callers test ``ENABLED`` first.
+When tracing is off nothing is created on the hot path: callers test ``ENABLED`` first. When it
+is on, the lean path asks the configured sampler first (``head_sampled``) and skips the ASGI
+middleware for requests that would not be sampled, so that a 1% sample costs about 1% of the
+middleware's work; a sampled request's server span then gets the very trace id the sampler judged.
+Tier spans are made only under a recording span.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import random
 from collections.abc import Iterator, MutableMapping
 from contextvars import ContextVar
 from typing import Any
@@ -23,6 +28,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import Span, Status, StatusCode
 
 ENABLED = False
@@ -33,6 +40,38 @@ _plain_keys = False
 # What the router is doing, for the spans made deeper down (node calls, store queries).
 KEY_ATTRIBUTE: ContextVar[tuple[str, str] | None] = ContextVar("cachegw_key_attr", default=None)
 FALLBACK_PATH: ContextVar[str] = ContextVar("cachegw_fallback_path", default="")
+# The trace id that head_sampled judged, for the server span the middleware is about to start.
+_PRESET_TRACE_ID: ContextVar[int | None] = ContextVar("cachegw_preset_trace_id", default=None)
+
+
+class _PresetIds(RandomIdGenerator):
+    """Random ids, except a root span's trace id when ``head_sampled`` chose it in advance."""
+
+    def generate_trace_id(self) -> int:
+        preset = _PRESET_TRACE_ID.get()
+        if preset is not None:
+            _PRESET_TRACE_ID.set(None)
+            return preset
+        return super().generate_trace_id()
+
+
+def head_sampled(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Would the configured sampler record this request's server span?
+
+    With a ``traceparent`` the answer is left to the middleware and the sampler (True). Without
+    one, the sampler judges a fresh trace id, which the server span then gets if it is sampled.
+    """
+    if _provider is None:
+        return False
+    for name, _ in headers:
+        if name == b"traceparent":
+            return True
+    trace_id = random.getrandbits(128) or 1
+    result = _provider.sampler.should_sample(None, trace_id, "request", trace.SpanKind.SERVER)
+    if result.decision is Decision.RECORD_AND_SAMPLE:
+        _PRESET_TRACE_ID.set(trace_id)
+        return True
+    return False
 
 
 def configured() -> bool:
@@ -69,7 +108,7 @@ def enable(
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "cachegw")})
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource, id_generator=_PresetIds())
     provider.add_span_processor(
         BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
     )
@@ -106,7 +145,14 @@ def key_attribute(key: str) -> tuple[str, str]:
 
 @contextlib.contextmanager
 def tier_span(name: str, attributes: dict[str, Any]) -> Iterator[Span]:
-    """A child span for one tier attempt; failures set ``error.type`` and an error status."""
+    """A child span for one tier attempt; failures set ``error.type`` and an error status.
+
+    Under a server span that is not recorded (not sampled), nothing is made.
+    """
+    parent = trace.get_current_span()
+    if not parent.is_recording():
+        yield parent
+        return
     key = KEY_ATTRIBUTE.get()
     if key is not None:
         attributes[key[0]] = key[1]

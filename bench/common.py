@@ -13,9 +13,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -69,6 +71,70 @@ def bench_stack(*, node_timeout_ms: int = 2000) -> Iterator[Stack]:
         yield stack
     finally:
         stack.down(purge=True)
+
+
+TRACE_SAMPLE_RATIO = "0.01"
+
+
+class OtlpSink:
+    """An OTLP/HTTP trace endpoint on loopback that takes spans and counts them, so that the
+    benchmarked gateway exports its sampled traces as it would in production."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+        self.requests = 0
+        self._lock = threading.Lock()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as pb
+
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                export = pb.ExportTraceServiceRequest.FromString(body)
+                count = sum(
+                    len(scope.spans) for rs in export.resource_spans for scope in rs.scope_spans
+                )
+                with sink._lock:
+                    sink.spans += count
+                    sink.requests += 1
+                reply = pb.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def env(self) -> dict[str, str]:
+        """The OTEL_* settings of a gateway "as deployed": traces sampled at 1%, exported here."""
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.endpoint,
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": TRACE_SAMPLE_RATIO,
+            "OTEL_SERVICE_NAME": "cachegw-bench",
+        }
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def otlp_sink() -> Iterator[OtlpSink]:
+    sink = OtlpSink()
+    try:
+        yield sink
+    finally:
+        sink.close()
 
 
 def create_api_key(stack: Stack) -> str:

@@ -26,6 +26,7 @@ from bench.common import (
     bench_keys,
     bench_stack,
     create_api_key,
+    otlp_sink,
     percentile,
     read_samples,
     run_k6,
@@ -121,6 +122,7 @@ async def run_target(
     work: Path,
     args: argparse.Namespace,
     api_key: str,
+    gateway_env: dict[str, str],
 ) -> dict[str, Any]:
     victim = primaries(stack)[0]
     victim_port = int(victim["port"])  # type: ignore[call-overload]
@@ -128,7 +130,7 @@ async def run_target(
     split = split_by_owner(stack, target, keys, victim["id"])
     keys_file = work / f"keys-{target}.json"
     keys_file.write_text(json.dumps(split))
-    with serve(target, stack) as base_url:
+    with serve(target, stack, env=gateway_env if target == "gateway" else None) as base_url:
         print(f"{target}: seeding {len(keys)} keys", flush=True)
         await seed(base_url, keys, api_key=api_key)
         csv_path = work / f"{target}.csv"
@@ -237,10 +239,17 @@ async def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     keys = bench_keys(args.keys)
     results: dict[str, dict[str, Any]] = {}
-    with bench_stack() as stack, tempfile.TemporaryDirectory(prefix="cachegw-bench-") as tmp:
+    with (
+        bench_stack() as stack,
+        otlp_sink() as sink,
+        tempfile.TemporaryDirectory(prefix="cachegw-bench-") as tmp,
+    ):
         api_key = create_api_key(stack)
         for target in args.targets.split(","):
-            results[target] = await run_target(target, stack, keys, Path(tmp), args, api_key)
+            results[target] = await run_target(
+                target, stack, keys, Path(tmp), args, api_key, sink.env()
+            )
+        print(f"tracing: {sink.spans} spans exported in {sink.requests} OTLP requests", flush=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M")
     json_path = RESULTS / f"failover-{stamp}.json"
     json_path.write_text(

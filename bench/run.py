@@ -26,9 +26,11 @@ import asyncpg
 from app.devstack import Stack
 from bench.common import (
     RESULTS,
+    TRACE_SAMPLE_RATIO,
     bench_keys,
     bench_stack,
     create_api_key,
+    otlp_sink,
     run_k6,
     seed,
     serve,
@@ -115,7 +117,11 @@ async def main() -> int:
     keys = bench_keys(args.keys)
     common = {"DURATION": args.duration, "VUS": str(args.vus), "KEY_COUNT": str(args.keys)}
     report: dict[str, Any] = {"vus": args.vus, "duration": args.duration, "pairs": args.pairs}
-    with bench_stack() as stack, tempfile.TemporaryDirectory(prefix="cachegw-bench-") as tmp:
+    with (
+        bench_stack() as stack,
+        otlp_sink() as sink,
+        tempfile.TemporaryDirectory(prefix="cachegw-bench-") as tmp,
+    ):
         work = Path(tmp)
         api_key = create_api_key(stack)
         common["API_KEY"] = api_key  # the naive proxy and the ceilings ignore it
@@ -125,7 +131,7 @@ async def main() -> int:
                 ceilings[ceiling] = await k6("read_hit.js", base_url, work, **common)
                 print(f"ceiling {ceiling}: {ceilings[ceiling]['rps']} requests/s", flush=True)
         report["ceilings"] = ceilings
-        with serve("gateway", stack) as gateway, serve("naive", stack) as naive:
+        with serve("gateway", stack, env=sink.env()) as gateway, serve("naive", stack) as naive:
             urls = {"gateway": gateway, "naive": naive}
             for name, url in urls.items():
                 print(f"{name}: seeding {len(keys)} keys", flush=True)
@@ -157,6 +163,12 @@ async def main() -> int:
                 )
             report["stampede"] = stampede
             report["cas_gateway"] = await k6("cas.js", gateway, work, **common)
+        # Read after the gateway stopped, which flushes its last spans.
+        report["tracing"] = {
+            "sampler": "parentbased_traceidratio", "ratio": float(TRACE_SAMPLE_RATIO),
+            "spans_exported": sink.spans, "export_requests": sink.requests,
+        }  # fmt: skip
+        print(f"tracing: {sink.spans} spans exported in {sink.requests} OTLP requests", flush=True)
     print_report(report)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M")
     json_path = RESULTS / f"bench-{stamp}.json"
