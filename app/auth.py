@@ -92,6 +92,9 @@ class _Bucket:
         return (1 - self.tokens) / self.rate_per_s if self.rate_per_s > 0 else math.inf
 
 
+MAX_VERIFIED = 10_000
+
+
 @dataclass
 class ApiKeys:
     """The key table of this process, and the rate limiters of its keys."""
@@ -100,7 +103,11 @@ class ApiKeys:
     settings: AuthSettings
     clock: Callable[[], float] = time.monotonic
     _keys: dict[str, ApiKeyRow] = field(default_factory=dict)
-    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+    # Per key: the limits its bucket was made with, and the bucket (None: no limit).
+    _buckets: dict[str, tuple[tuple[float, float], _Bucket | None]] = field(default_factory=dict)
+    # Authorization headers already checked against the current table (cleared with it), so a
+    # key's hash is computed once per table, not once per request.
+    _verified: dict[bytes, Principal] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
     loaded: bool = False
 
@@ -138,9 +145,10 @@ class ApiKeys:
     def use(self, rows: list[ApiKeyRow]) -> None:
         """Take ``rows`` as the key table; a key whose limits changed gets a fresh bucket."""
         self._keys = {row.prefix: row for row in rows if row.revoked_at is None}
-        for prefix, bucket in list(self._buckets.items()):
+        self._verified = {}
+        for prefix, (limits, _) in list(self._buckets.items()):
             row = self._keys.get(prefix)
-            if row is None or (bucket.rate_per_s, bucket.burst) != self._limits(row):
+            if row is None or limits != self._limits(row):
                 del self._buckets[prefix]
         self.loaded = True
 
@@ -155,6 +163,9 @@ class ApiKeys:
             return Principal(self.settings.default_namespace, frozenset(SCOPES))
         if authorization is None:
             raise UnauthenticatedError("an API key is required: Authorization: Bearer <key>")
+        known = self._verified.get(authorization)
+        if known is not None:
+            return known
         scheme, _, token = authorization.decode("latin-1").strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise UnauthenticatedError("use Authorization: Bearer <key>")
@@ -166,19 +177,25 @@ class ApiKeys:
             or not hmac.compare_digest(hash_secret(parts[1]), row.secret_hash)
         ):
             raise UnauthenticatedError("the API key is not valid (unknown, revoked or mistyped)")
-        return Principal(row.namespace, frozenset(row.scopes), row.prefix)
+        principal = Principal(row.namespace, frozenset(row.scopes), row.prefix)
+        if len(self._verified) >= MAX_VERIFIED:
+            self._verified.clear()
+        self._verified[authorization] = principal
+        return principal
 
     def admit(self, principal: Principal) -> None:
         """Take a token from the key's bucket, or RateLimitedError with the wait."""
         prefix = principal.key_prefix
         if prefix is None:
             return
-        bucket = self._buckets.get(prefix)
+        entry = self._buckets.get(prefix)
+        if entry is None:
+            limits = rate, burst = self._limits(self._keys.get(prefix))
+            bucket = _Bucket(rate, burst, burst, self.clock()) if rate > 0 else None
+            entry = self._buckets[prefix] = (limits, bucket)
+        bucket = entry[1]
         if bucket is None:
-            rate, burst = self._limits(self._keys.get(prefix))
-            if rate <= 0:
-                return
-            bucket = self._buckets[prefix] = _Bucket(rate, burst, burst, self.clock())
+            return
         wait_s = bucket.take(self.clock())
         if wait_s > 0:
             raise RateLimitedError(

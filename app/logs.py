@@ -8,8 +8,8 @@ name tiers, nodes and error types.
 from __future__ import annotations
 
 import logging
+import random
 import re
-import secrets
 from contextvars import ContextVar
 from typing import Any
 
@@ -25,7 +25,7 @@ def new_request_id(offered: bytes | None) -> str:
         text = offered.decode("latin-1")
         if _VALID_REQUEST_ID.match(text):
             return text
-    return secrets.token_hex(8)
+    return f"{random.getrandbits(64):016x}"  # unique enough for correlation; not a secret
 
 
 def _add_request_id(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -131,7 +131,7 @@ class GatewayApp(FastAPI):
                 if self.traced_lean is not None and tracing.head_sampled(scope["headers"]):
                     await self.traced_lean(scope, receive, send_with_id)
                 else:
-                    await lean.serve(self.state.gateway, scope, receive, send_with_id)
+                    await lean.serve(self.state.gateway, scope, receive, send, id_header)
                 return
             await super().__call__(scope, receive, send_with_id)
         finally:

@@ -187,7 +187,7 @@ class FallbackRouter:
         deadline = started + self.read_deadline_s
         attempt = _Attempt(floor=self.versions.newest(ref.namespace, ref.key) or 0)
         primary_answered = False
-        if tracing.ENABLED:
+        if tracing.recording():
             tracing.KEY_ATTRIBUTE.set(tracing.key_attribute(ref.key))
             tracing.FALLBACK_PATH.set("" if policy.no_cache else "primary")
         if not policy.no_cache:
@@ -289,7 +289,7 @@ class FallbackRouter:
         for tier in tiers:
             try:
                 tier_deadline = min(deadline, loop.time() + self.replica_timeout_s)
-                if tracing.ENABLED:
+                if tracing.recording():
                     copy = await self._traced_tier_get(tier, ref, tier_deadline)
                 else:
                     copy = await tier.get(ref, deadline=tier_deadline)
@@ -341,7 +341,7 @@ class FallbackRouter:
         primary_answered: bool,
         policy: ReadPolicy,
     ) -> ReadResult:
-        if tracing.ENABLED:
+        if tracing.recording():
             tracing.extend_fallback_path("store")
         load = functools.partial(self._load, ref, deadline, fill=primary_answered)
         try:
@@ -499,7 +499,7 @@ class FallbackRouter:
     ) -> WriteResult:
         """Make the value durable, then update the caches (repaired later if that fails)."""
         deadline = asyncio.get_running_loop().time() + self.write_deadline_s
-        if tracing.ENABLED:
+        if tracing.recording():
             tracing.KEY_ATTRIBUTE.set(tracing.key_attribute(ref.key))
         result = await self.store.put(
             ref.namespace, ref.key, value,

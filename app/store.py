@@ -251,7 +251,7 @@ class Store:
     ) -> Any:
         """One query under the store's breaker (unless ``guarded`` is False: probes, pings)."""
         breaker = self.breaker if guarded else None
-        if tracing.ENABLED and guarded:
+        if guarded and tracing.recording():
             attributes = {
                 "db.system.name": "postgresql", "db.operation.name": operation,
                 "server.address": self._address[0], "server.port": self._address[1],

@@ -29,13 +29,21 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import Span, Status, StatusCode
 
 ENABLED = False
 _tracer: trace.Tracer = trace.NoOpTracer()
 _provider: TracerProvider | None = None
 _plain_keys = False
+_root_bound: int | None = None  # see _root_rule
 
 # What the router is doing, for the spans made deeper down (node calls, store queries).
 KEY_ATTRIBUTE: ContextVar[tuple[str, str] | None] = ContextVar("cachegw_key_attr", default=None)
@@ -55,6 +63,25 @@ class _PresetIds(RandomIdGenerator):
         return super().generate_trace_id()
 
 
+def recording() -> bool:
+    """Is this request traced (a recording span is current)? Tier spans and their attributes are
+    made only then, so an unsampled request pays one context lookup."""
+    return ENABLED and trace.get_current_span().is_recording()
+
+
+def _root_rule(sampler: Sampler) -> int | None:
+    """For the usual samplers, the decision for a root as a bound on the trace id's low 64 bits
+    (the SDK's own rule); None for others, which are asked each time."""
+    root = sampler._root if isinstance(sampler, ParentBased) else sampler  # a private attribute
+    if isinstance(root, TraceIdRatioBased):
+        return root.bound
+    if root is ALWAYS_ON:
+        return 1 << 64
+    if root is ALWAYS_OFF:
+        return 0
+    return None
+
+
 def head_sampled(headers: list[tuple[bytes, bytes]]) -> bool:
     """Would the configured sampler record this request's server span?
 
@@ -67,8 +94,12 @@ def head_sampled(headers: list[tuple[bytes, bytes]]) -> bool:
         if name == b"traceparent":
             return True
     trace_id = random.getrandbits(128) or 1
-    result = _provider.sampler.should_sample(None, trace_id, "request", trace.SpanKind.SERVER)
-    if result.decision is Decision.RECORD_AND_SAMPLE:
+    if _root_bound is not None:
+        sampled = trace_id & 0xFFFFFFFFFFFFFFFF < _root_bound
+    else:
+        result = _provider.sampler.should_sample(None, trace_id, "request", trace.SpanKind.SERVER)
+        sampled = result.decision is Decision.RECORD_AND_SAMPLE
+    if sampled:
         _PRESET_TRACE_ID.set(trace_id)
         return True
     return False
@@ -104,7 +135,7 @@ def enable(
     exporter: SpanExporter, *, plain_keys: bool = False, batch: bool = True
 ) -> TracerProvider:
     """Start tracing to ``exporter`` (the sampler comes from OTEL_TRACES_SAMPLER, as usual)."""
-    global ENABLED, _tracer, _provider, _plain_keys
+    global ENABLED, _tracer, _provider, _plain_keys, _root_bound
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "cachegw")})
@@ -118,6 +149,7 @@ def enable(
         plain_keys,
         True,
     )
+    _root_bound = _root_rule(provider.sampler)
     return provider
 
 

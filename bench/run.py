@@ -108,7 +108,7 @@ def ratio(a: float, b: float) -> float:
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--duration", default="10s")
     parser.add_argument("--vus", type=int, default=32)
     parser.add_argument("--keys", type=int, default=10_000)

@@ -53,7 +53,14 @@ async def _body(receive: Receive) -> AsyncIterator[bytes]:
             return
 
 
-async def serve(gateway: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+async def serve(
+    gateway: Gateway,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    extra_header: tuple[bytes, bytes] | None = None,
+) -> None:
+    """Answer one key operation; ``extra_header`` (the request id) is added to the answer."""
     started = time.perf_counter()
     method: str = scope["method"]
     try:
@@ -67,9 +74,13 @@ async def serve(gateway: Gateway, scope: Scope, receive: Receive, send: Send) ->
         return  # nothing to answer; a write that did not commit changed nothing
     except Exception as exc:  # mapped to a problem, as FastAPI's handlers do
         response: Response = error_response(exc, instance=scope["path"])
+        if extra_header is not None:
+            response.raw_headers.append(extra_header)
         await response(scope, receive, send)
         telemetry.record_http(HANDLER, method, response.status_code, time.perf_counter() - started)
         return
+    if extra_header is not None:
+        headers.append(extra_header)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
     telemetry.record_http(HANDLER, method, status, time.perf_counter() - started)

@@ -194,7 +194,7 @@ class SlotRouter:
         """One call under the route's breaker: skipped when open, its outcome recorded."""
         if breaker is None:
             return await client.call(*commands, deadline=deadline)
-        if tracing.ENABLED:
+        if tracing.recording():
             role = breaker.route.partition("@")[0]
             command = commands[-1][0]
             name = command.decode() if isinstance(command, bytes) else str(command)

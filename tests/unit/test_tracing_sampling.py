@@ -15,7 +15,10 @@ from app import tracing
 def exporter(
     monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> Iterator[InMemorySpanExporter]:
-    monkeypatch.setenv("OTEL_TRACES_SAMPLER", request.param)
+    sampler, _, argument = request.param.partition(":")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    if argument:
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", argument)
     spans = InMemorySpanExporter()
     tracing.enable(spans, batch=False)
     token = tracing._PRESET_TRACE_ID.set(None)
@@ -62,10 +65,19 @@ def test_a_propagated_context_is_left_to_the_middleware(
     assert tracing.head_sampled([(b"traceparent", traceparent)])
 
 
-@pytest.mark.parametrize("exporter", ["traceidratio"], indirect=True)
-def test_the_ratio_is_kept(exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "exporter", ["traceidratio:0.25", "parentbased_traceidratio:0.25"], indirect=True
+)
+def test_the_ratio_is_kept_and_agrees_with_the_sdk(exporter: InMemorySpanExporter) -> None:
     provider = tracing.provider()
     assert provider is not None
-    monkeypatch.setattr(provider, "sampler", type(provider.sampler)(0.25))
-    sampled = sum(tracing.head_sampled([]) for _ in range(20_000))
+    sampled = 0
+    for _ in range(20_000):
+        if tracing.head_sampled([]):
+            sampled += 1
+            trace_id = tracing._PRESET_TRACE_ID.get()
+            assert trace_id is not None
+            decision = provider.sampler.should_sample(None, trace_id, "request").decision
+            assert decision.is_sampled()
+            tracing._PRESET_TRACE_ID.set(None)
     assert 4_500 < sampled < 5_500
