@@ -137,3 +137,21 @@ def test_a_changed_limit_takes_effect_at_the_next_reload() -> None:
     table.use([row("abcd1234", "secret", rate_per_s=1.0, burst=5)])
     for _ in range(5):
         table.admit(principal)
+
+
+def test_a_checked_key_is_remembered_until_the_table_reloads() -> None:
+    table = keys(row("abcd1234", "secret"))
+    header = b"Bearer cg_abcd1234_secret"
+    assert table.authenticate(header) is table.authenticate(header)  # checked once
+    table.use([row("abcd1234", "secret", revoked_at=datetime.now(UTC))])
+    with pytest.raises(UnauthenticatedError):
+        table.authenticate(header)
+
+
+def test_a_failed_check_is_not_remembered() -> None:
+    table = keys()
+    header = b"Bearer cg_abcd1234_secret"
+    with pytest.raises(UnauthenticatedError):
+        table.authenticate(header)
+    table.use([row("abcd1234", "secret")])  # the key is made afterwards
+    assert table.authenticate(header).key_prefix == "abcd1234"
