@@ -57,6 +57,11 @@ async def topology(request: Request) -> Response:
         }
         for shard in gateway.slots.map.shards()
     ]
-    return _json(
-        {"epoch": gateway.slots.map.epoch, "shards": shards, "nodes": gateway.watcher.snapshot()}
-    )
+    in_map: dict[str, str] = {}
+    for shard in gateway.slots.map.shards():
+        in_map[format_address(shard.primary)] = "primary"
+        in_map.update((format_address(r), "replica") for r in shard.replicas)
+    nodes = gateway.watcher.snapshot()
+    for node in nodes:  # the slot map's role for it: None once it left the map (e.g. dead)
+        node["in_slot_map"] = in_map.get(str(node["address"]))
+    return _json({"epoch": gateway.slots.map.epoch, "shards": shards, "nodes": nodes})

@@ -48,11 +48,15 @@ class NodeHealth:
     error: str | None = None
     info: dict[str, str] | None = None
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self, now: float) -> dict[str, object]:
+        """As the admin endpoint shows it; for an unreachable node, role and cluster_info are
+        what it said when last seen, ``last_seen_s_ago`` before."""
+        seen = None if self.observed_at is None else round(now - self.observed_at, 1)
         return {
             "address": format_address(self.address),
             "role": self.role,
             "reachable": self.reachable,
+            "last_seen_s_ago": seen,
             "cluster_ok": self.cluster_ok,
             "link_up": self.link_up,
             "link_down_since_s": self.link_down_since_s,
@@ -210,10 +214,21 @@ class TopologyWatcher:
         self._check_role(address, health)
 
     def _check_role(self, address: Address, health: NodeHealth) -> None:
-        slot_map_primaries = {shard.primary for shard in self.slots.map.shards()}
-        is_mapped_primary = address in slot_map_primaries
+        """Ask for a slot-map refresh when a node's role differs from the map's, or when a
+        replica the map leaves out (it was syncing) now follows its primary with data (the
+        watcher polls the mapped nodes and the startup nodes)."""
+        shards = self.slots.map.shards()
+        is_mapped_primary = any(shard.primary == address for shard in shards)
         if (health.role == "primary") != is_mapped_primary and health.cluster_ok:
             self.slots.request_refresh("role-change")
+        elif (
+            health.role == "replica"
+            and health.link_up
+            and health.cluster_ok
+            and health.offset  # at offset 0, CLUSTER SHARDS still calls it "loading"
+            and not any(address in shard.replicas for shard in shards)
+        ):
+            self.slots.request_refresh("replica-online")
 
     def _derive_lag(self) -> None:
         now = self.now()
@@ -260,7 +275,8 @@ class TopologyWatcher:
         telemetry.SLOTS_OK.set(0)
 
     def snapshot(self) -> list[dict[str, object]]:
-        return [health.as_dict() for health in self.health.values()]
+        now = self.now()
+        return [health.as_dict(now) for health in self.health.values()]
 
 
 def _text(raw: object) -> str:

@@ -98,4 +98,8 @@ async def test_admin_summary_breakers_and_topology(stack: Stack) -> None:
         roles = sorted(n["role"] for n in topology["nodes"])
         assert roles == ["primary"] * 3 + ["replica"] * 3
         assert all(n["cluster_info"]["cluster_state"] == "ok" for n in topology["nodes"])
+        # A replica of an empty shard is "loading" in CLUSTER SHARDS, so not yet in the map.
+        assert all(n["in_slot_map"] in (n["role"], None) for n in topology["nodes"])
+        assert sum(n["in_slot_map"] == "primary" for n in topology["nodes"]) == 3
+        assert all(0 <= n["last_seen_s_ago"] < 5 for n in topology["nodes"])
         assert json.dumps(topology)  # plain JSON all the way down

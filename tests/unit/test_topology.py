@@ -29,15 +29,15 @@ class Cluster:
     def __init__(self) -> None:
         self.primary = NodeState()
         self.replica = NodeState(role="slave")
+        self.replica_listed = True  # False: CLUSTER SHARDS leaves it out (still "loading")
         self.nodes: dict[str, FakeNode] = {}
 
     def handler(self, name: str):  # type: ignore[no-untyped-def]
         def handle(session: Session, args: list[bytes]) -> object:
             state = self.primary if name == "p" else self.replica
             if args[:2] == [b"CLUSTER", b"SHARDS"]:
-                return shards_reply(
-                    [((0, 16383), self.nodes["p"].address, [self.nodes["r"].address])]
-                )
+                replicas = [self.nodes["r"].address] if self.replica_listed else []
+                return shards_reply([((0, 16383), self.nodes["p"].address, replicas)])
             if args[:2] == [b"CLUSTER", b"INFO"]:
                 return (
                     f"cluster_state:{state.state}\r\n"
@@ -71,8 +71,11 @@ async def cluster() -> AsyncIterator[Cluster]:
         await node.aclose()
 
 
-async def watcher_for(cluster: Cluster, clock: FakeClock) -> tuple[SlotRouter, TopologyWatcher]:
-    slots = SlotRouter(RedisSettings(nodes=f"127.0.0.1:{cluster.nodes['p'].port}"))
+async def watcher_for(
+    cluster: Cluster, clock: FakeClock, *, startup: str = "p"
+) -> tuple[SlotRouter, TopologyWatcher]:
+    nodes = ",".join(f"127.0.0.1:{cluster.nodes[name].port}" for name in startup)
+    slots = SlotRouter(RedisSettings(nodes=nodes))
     await slots.start()
     watcher = TopologyWatcher(slots, TopologySettings(replica_max_lag_bytes=100), clock=clock)
     await watcher.poll_once()
@@ -124,6 +127,25 @@ async def test_a_role_the_map_does_not_know_asks_for_a_refresh(cluster: Cluster)
         cluster.replica.role = "master"  # promoted, the slot map not refreshed yet
         await watcher.poll_once()
         assert refreshes == ["role-change"]
+    finally:
+        await slots.aclose()
+
+
+async def test_a_replica_the_map_left_out_asks_for_a_refresh_once_it_has_data(
+    cluster: Cluster,
+) -> None:
+    cluster.replica_listed = False
+    cluster.replica.offset = 0
+    clock = FakeClock()
+    slots, watcher = await watcher_for(cluster, clock, startup="pr")  # both startup nodes
+    try:
+        refreshes: list[str] = []
+        slots.request_refresh = refreshes.append  # type: ignore[method-assign]
+        await watcher.poll_once()
+        assert refreshes == []  # an empty shard's replica: CLUSTER SHARDS says "loading"
+        cluster.replica.offset = 1000
+        await watcher.poll_once()
+        assert refreshes == ["replica-online"]
     finally:
         await slots.aclose()
 
