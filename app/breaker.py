@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from app import telemetry
+from app import tasks, telemetry
 from app.settings import BreakerSettings
 
 log = logging.getLogger(__name__)
@@ -221,11 +221,8 @@ class BreakerBoard:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.stop(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

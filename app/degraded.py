@@ -8,13 +8,12 @@ by itself once the p95 over the window is back under the threshold (or fallbacks
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 
-from app import telemetry
+from app import tasks, telemetry
 from app.settings import DegradedSettings
 
 log = logging.getLogger(__name__)
@@ -82,11 +81,8 @@ class DegradedMode:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.stop(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from app import tasks
 from app.errors import StoreError
 from app.settings import FeedSettings
 from app.store import Listener, Store, now_ms
@@ -172,11 +173,8 @@ class InvalidationFeed:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.stop(self._task)
+        self._task = None
         await self._drop_listener()
 
     def _deadline(self) -> float:

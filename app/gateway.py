@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
-from app import telemetry
+from app import tasks, telemetry
 from app.auth import ApiKeys
 from app.breaker import BreakerBoard
 from app.cluster.slot_router import SlotRouter
@@ -113,10 +112,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         """Stop background work first, then close clients (redis-py's aclose is not terminal)."""
-        if self._gauges is not None:
-            self._gauges.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._gauges
+        await tasks.stop(self._gauges)
         await self.degraded.aclose()
         await self.breakers.aclose()
         await self.auth.aclose()

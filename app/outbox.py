@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 
-from app import telemetry
+from app import tasks, telemetry
 from app.codec import Tombstone, redis_key
 from app.errors import StoreError, TierError
 from app.feed import VersionMap
@@ -67,11 +67,8 @@ class Outbox:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.stop(self._task)
+        self._task = None
         with contextlib.suppress(StoreError):
             await self.flush_done()
 

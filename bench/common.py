@@ -49,9 +49,8 @@ def redis_key(target: str, key: str) -> bytes:
 def bench_stack(*, node_timeout_ms: int = 2000) -> Iterator[Stack]:
     root = REPO / ".bench-stack"
     base = find_free_base_port()
-    pg_port = find_free_port()
-    while base <= pg_port < base + 6 or base + 10000 <= pg_port < base + 10006:
-        pg_port = find_free_port()
+    redis_ports = {base + i for i in range(6)} | {base + 10000 + i for i in range(6)}
+    pg_port = find_free_port(avoid=frozenset(redis_ports))
     stack = Stack(
         StackConfig(
             root=root,

@@ -13,14 +13,13 @@ node's role is not what the slot map says (a failover the map has not seen yet).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from app import telemetry
+from app import tasks, telemetry
 from app.cluster.slot_router import SlotRouter
 from app.cluster.slots import Address, format_address
 from app.errors import TierError
@@ -138,11 +137,8 @@ class TopologyWatcher:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.stop(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

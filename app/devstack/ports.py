@@ -1,4 +1,11 @@
-"""Finding ports on 127.0.0.1 that are free right now (checked, never reserved)."""
+"""Finding ports on 127.0.0.1 that are free right now (checked, never reserved).
+
+Every port chosen here lies below the kernel's ephemeral range (``ip_local_port_range``), for a
+reason the fault tests met: while a node is down, clients keep connecting to its port, and a
+connection to an unused port inside the ephemeral range can be given that very port as its own
+source (a TCP self-connect), or take it as the source of a connection elsewhere; the restarted
+node then cannot bind. Below the range, no outgoing connection is ever given the port.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,17 @@ from app.devstack.config import BUS_PORT_OFFSET, HOST
 from app.devstack.errors import StackError
 
 _PORT_SEARCH_ATTEMPTS = 200
+_LOWEST = 10000
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of source ports for outgoing connections (Linux's default if unknown)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            low, high = (int(v) for v in handle.read().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
 
 
 def port_bindable(port: int) -> bool:
@@ -24,13 +42,18 @@ def port_bindable(port: int) -> bool:
     return True
 
 
-def find_free_base_port(count: int = 6, *, low: int = 20000, high: int = 50000) -> int:
+def find_free_base_port(count: int = 6, *, low: int | None = None, high: int | None = None) -> int:
     """A random base port such that ``base .. base+count-1`` and their cluster bus ports
     (``+10000``) can all be bound on 127.0.0.1 now.
 
-    ``base`` is drawn from ``low .. high-count``. Tries a bounded number of times, then
-    raises :class:`StackError`. The ports are free when checked, not reserved.
+    ``base`` is drawn from ``low .. high-count``; by default, so that the bus ports too stay
+    below the ephemeral range. Tries a bounded number of times, then raises
+    :class:`StackError`. The ports are free when checked, not reserved.
     """
+    if low is None:
+        low = _LOWEST
+    if high is None:
+        high = ephemeral_range()[0] - BUS_PORT_OFFSET
     if count < 1:
         raise StackError(f"count must be at least 1, got {count}")
     top = high - count
@@ -50,9 +73,13 @@ def find_free_base_port(count: int = 6, *, low: int = 20000, high: int = 50000) 
     )
 
 
-def find_free_port() -> int:
-    """A port that the kernel reports free on 127.0.0.1 now (not reserved)."""
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-    return port
+def find_free_port(*, avoid: frozenset[int] = frozenset()) -> int:
+    """A random port below the ephemeral range that can be bound on 127.0.0.1 now (not
+    reserved), other than those in ``avoid``."""
+    top = ephemeral_range()[0] - 1
+    rng = random.SystemRandom()
+    for _ in range(_PORT_SEARCH_ATTEMPTS):
+        port = rng.randint(_LOWEST, top)
+        if port not in avoid and port_bindable(port):
+            return port
+    raise StackError(f"found no free port in {_LOWEST}..{top}")
