@@ -10,22 +10,19 @@ import asyncio
 import contextlib
 import csv
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
-
 from app.cluster.slots import key_slot
 from app.devstack import Stack, StackConfig, find_free_base_port, find_free_port
 from tests.integration.cluster_ops import owner_of
 from tests.integration.rawhttp import Connection
+from tests.integration.served import served
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -160,32 +157,17 @@ def serve(target: str, stack: Stack, *, env: dict[str, str] | None = None) -> It
         "--log-level", "warning",
     ]  # fmt: skip
     log_path = RESULTS / f".{target}-{port}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT
-        )
-        base_url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{target} exited:\n{log_path.read_text()[-2000:]}")
-                with contextlib.suppress(httpx.HTTPError):
-                    probe = httpx.get(f"{base_url}/v1/keys/-ready-probe", timeout=1)
-                    if probe.status_code in (200, 401, 404):  # 401: the gateway, without a key
-                        break
-                time.sleep(0.2)
-            else:
-                raise RuntimeError(f"{target} did not start")
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        with served(
+            command, env=environment, log_path=log_path,
+            ready_url=f"{base_url}/v1/keys/-ready-probe",
+            ready_statuses=(200, 401, 404),  # 401: the gateway, without a key
+            timeout_s=30,
+        ):  # fmt: skip
             yield base_url
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-            log_path.unlink(missing_ok=True)
+    finally:
+        log_path.unlink(missing_ok=True)
 
 
 async def seed(

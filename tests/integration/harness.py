@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -27,6 +25,7 @@ import httpx
 from app.devstack import Stack, find_free_port
 from tests.integration.conftest import auth_headers
 from tests.integration.rawhttp import Connection, Reply
+from tests.integration.served import served
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,32 +35,12 @@ def gateway_process(stack: Stack, log_dir: Path, **env: str) -> Iterator[str]:
     """``cachegw serve`` on a free port against the stack; stopped (by PID) afterwards."""
     port = find_free_port()
     environment = {**os.environ, **stack.env(), **env}
-    log_path = log_dir / f"gateway-{port}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-            cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
-            else:
-                raise AssertionError(f"gateway not ready:\n{log_path.read_text()[-3000:]}")
-            yield base
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+    base = f"http://127.0.0.1:{port}"
+    with served(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        env=environment, log_path=log_dir / f"gateway-{port}.log", ready_url=f"{base}/readyz",
+    ):  # fmt: skip
+        yield base
 
 
 @dataclass

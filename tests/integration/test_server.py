@@ -3,52 +3,28 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from app.devstack import Stack, find_free_port
-from tests.integration.conftest import ROOT, auth_headers
+from tests.integration.conftest import auth_headers
+from tests.integration.served import served
 
 
 @pytest.fixture(scope="module")
 def server(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = find_free_port()
     env = {**os.environ, **stack.env(), "PORT": str(port)}
-    log_path = tmp_path_factory.mktemp("server") / "gateway.log"
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError("the gateway did not become ready in 10 s")
-        assert proc.poll() is None, log_path.read_text()
+    with served(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        env=env, log_path=tmp_path_factory.mktemp("server") / "gateway.log",
+        ready_url=f"{base}/readyz", timeout_s=10,
+    ):  # fmt: skip
         yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        log.close()
 
 
 def test_put_then_get_returns_identical_bytes_with_etag_and_cache_status(server: str) -> None:
