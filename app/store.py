@@ -146,9 +146,15 @@ SQL_API_KEY_REVOKE = """
 UPDATE api_keys SET revoked_at = now() WHERE prefix = $1 AND revoked_at IS NULL
 """
 SQL_OUTBOX_FAILED = "UPDATE cache_outbox SET last_error = $2 WHERE id = ANY($1::bigint[])"
+# By primary key, with the rows locked and skipped when a write holds them, and the expiry
+# checked again on the row deleted: a PUT that revives an expired row (a new row version) keeps
+# it, whatever the Postgres version (a TID scan's recheck once did nothing: a ctid list alone
+# let a purge delete the new version), and concurrent purges share the work.
 SQL_PURGE_EXPIRED = """
-DELETE FROM entries WHERE ctid = ANY (ARRAY(
-    SELECT ctid FROM entries WHERE expires_at <= now() LIMIT $1))
+DELETE FROM entries e
+ USING (SELECT namespace, key FROM entries WHERE expires_at <= now()
+         LIMIT $1 FOR UPDATE SKIP LOCKED) x
+ WHERE e.namespace = x.namespace AND e.key = x.key AND e.expires_at <= now()
 """
 
 

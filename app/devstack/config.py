@@ -25,6 +25,8 @@ class StackConfig:
     ``root`` is the data directory. Redis nodes listen on ``redis_base_port`` ..
     ``redis_base_port + 5`` (cluster bus ports are those plus 10000). When
     ``external_pg_dsn`` is set, no private Postgres is started and that DSN is used as is.
+    ``pg_bin`` names the directory of the Postgres build to run (its ``pg_ctl``, ``initdb``,
+    ``psql``); by default the newest one installed.
     """
 
     root: Path
@@ -33,6 +35,7 @@ class StackConfig:
     cluster_node_timeout_ms: int = 2000
     external_pg_dsn: str | None = None
     pg_database: str = "cachegw"
+    pg_bin: Path | None = None
 
     def __post_init__(self) -> None:
         top = self.redis_base_port + NODE_COUNT - 1 + BUS_PORT_OFFSET

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from app.devstack.config import HOST
@@ -202,12 +203,12 @@ class Postgres(PostgresHost):
                 f"listen_addresses={HOST}",
                 "-c",
                 "max_connections=200",
-                # Lets tests count queries as Postgres itself sees them (the extension is
-                # created by the tests that need it, never by the gateway).
-                "-c",
-                "shared_preload_libraries=pg_stat_statements",
             ]
         )
+        if self._has_library("pg_stat_statements"):
+            # Lets tests count queries as Postgres itself sees them (the extension is created
+            # by the tests that need it, never by the gateway).
+            options += " -c shared_preload_libraries=pg_stat_statements"
         log = self.pg_dir / "pg.log"
         with self._step(f"postgres: started on {HOST}:{self.config.pg_port}"):
             proc = run(
@@ -239,6 +240,16 @@ class Postgres(PostgresHost):
                 raise StackError(
                     f"postgres started but does not accept connections; log {log}:\n{tail(log)}"
                 )
+
+    def _has_library(self, name: str) -> bool:
+        """Whether this Postgres build ships the loadable module ``name``."""
+        pg_config = self._pg_bin() / "pg_config"
+        if not pg_config.is_file():
+            return True  # no pg_config to ask: assume a full installation
+        proc = run([str(pg_config), "--pkglibdir"], timeout_s=10)
+        if proc.returncode != 0:
+            return True
+        return (Path(proc.stdout.strip()) / f"{name}.so").is_file()
 
     def _psql(self, sql: str) -> subprocess.CompletedProcess[str]:
         return run(

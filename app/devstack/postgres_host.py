@@ -53,7 +53,7 @@ class PostgresHost(StackBase):
 
     def _pg_bin(self) -> Path:
         if self._pg_bin_cache is None:
-            found = _find_pg_bin()
+            found = self.config.pg_bin or _find_pg_bin()
             if found is None:
                 raise StackError(
                     "Postgres binaries not found (no /usr/lib/postgresql/*/bin/pg_ctl, no pg_ctl "
