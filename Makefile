@@ -8,7 +8,7 @@ PIP_VERSION := 26.3
 STAMP := $(VENV)/.installed
 
 .PHONY: help install system-deps system-deps-test run serve down status test lint fmt lock clean \
-	bench bench-failover
+	bench bench-failover bench-versions
 
 help:
 	@echo "make run    install, start the local stack, migrate, serve on http://127.0.0.1:$(PORT)"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint   ruff and mypy --strict"
 	@echo "make bench  throughput, stampede and CAS: gateway vs a naive proxy (k6)"
 	@echo "make bench-failover   a primary killed under load: gateway vs a naive proxy"
+	@echo "make bench-versions   the version map: cost per note, memory per key, loop stalls"
 
 install: system-deps $(STAMP)
 
@@ -58,6 +59,11 @@ bench: install
 # A primary SIGKILLed under 1,500 GET/s: the gateway beside a naive redis-py proxy (own stack).
 bench-failover: install
 	$(BIN)/python -m bench.failover
+
+# The version map: note cost at 100,000 live keys, bytes per key, the longest event-loop stall
+# while 50,000 pending keys are noted from Postgres (own Postgres; exits 1 when a goal is missed).
+bench-versions: install
+	$(BIN)/python -m bench.versions
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests alembic bench

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,12 +37,23 @@ CATCH_UP_MARGIN_S = 1.0
 CATCH_UP_LIMIT = 100_000
 
 
+_SEQ_BITS = 64
+_SEQ_MASK = (1 << _SEQ_BITS) - 1
+
+
 class VersionMap:
     """The newest seq announced per (namespace, key), forgotten after ``ttl_s``.
 
-    A plain dict in insertion order, which is also expiry order (a key noted again moves to the
-    end), so expired and surplus keys are dropped from the front. Every read of the gateway asks
-    it: a dict lookup is thirty times cheaper than cachetools' TTLCache here.
+    An ``OrderedDict`` in expiry order (a key noted again moves to the end with a new expiry,
+    and every expiry is ``ttl_s`` after its note), so expired and surplus keys are dropped from
+    the front in O(1): ``note`` costs the same at 100 keys as at 100,000 (``make bench-versions``).
+    A plain dict would not do: the holes that deletions leave at its front make finding the
+    oldest key cost O(holes). Every read of the gateway asks ``newest``: one dict lookup.
+
+    An item is one string and one int: the key is ``namespace NUL key`` (neither may contain a
+    control character) and the value packs the expiry (in ms) above the seq. Neither is tracked
+    by the cyclic garbage collector, so a map of 200,000 keys adds nothing to its pauses, and it
+    is about half the size of a map of tuples.
     """
 
     def __init__(
@@ -50,33 +62,33 @@ class VersionMap:
         self.max_keys = max_keys
         self.ttl_s = ttl_s
         self.clock = clock
-        self._seqs: dict[tuple[str, str], tuple[int, float]] = {}
+        self._items: OrderedDict[str, int] = OrderedDict()
 
     def note(self, namespace: str, key: str, seq: int) -> None:
-        slot = (namespace, key)
-        now = self.clock()
-        current = self._seqs.pop(slot, None)
-        if current is not None and current[0] > seq and current[1] > now:
-            seq = current[0]
-        self._seqs[slot] = (seq, now + self.ttl_s)
-        self._prune(now)
+        slot = f"{namespace}\x00{key}"
+        now_ms = int(self.clock() * 1000)
+        items = self._items
+        current = items.get(slot)
+        if current is not None:
+            if current & _SEQ_MASK > seq and current >> _SEQ_BITS > now_ms:
+                seq = current & _SEQ_MASK
+            items.move_to_end(slot)
+        items[slot] = (now_ms + int(self.ttl_s * 1000)) << _SEQ_BITS | seq
+        if len(items) > self.max_keys:
+            items.popitem(last=False)
+        while items:
+            if next(iter(items.values())) >> _SEQ_BITS > now_ms:
+                return
+            items.popitem(last=False)
 
     def newest(self, namespace: str, key: str) -> int | None:
-        item = self._seqs.get((namespace, key))
-        if item is None or item[1] <= self.clock():
+        item = self._items.get(f"{namespace}\x00{key}")
+        if item is None or item >> _SEQ_BITS <= int(self.clock() * 1000):
             return None
-        return item[0]
-
-    def _prune(self, now: float) -> None:
-        seqs = self._seqs
-        while seqs:
-            oldest = next(iter(seqs))
-            if len(seqs) <= self.max_keys and seqs[oldest][1] > now:
-                return
-            del seqs[oldest]
+        return item & _SEQ_MASK
 
     def __len__(self) -> int:
-        return len(self._seqs)
+        return len(self._items)
 
 
 @dataclass

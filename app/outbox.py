@@ -30,6 +30,7 @@ PURGE_EVERY_N_ROUNDS = 20
 PURGE_BATCH = 1000
 REPLAY_LIMIT = 100_000
 PENDING_LIMIT = 100_000
+NOTE_CHUNK = 2000  # keys noted between two turns of the event loop
 
 
 class Outbox:
@@ -144,9 +145,16 @@ class Outbox:
         """
         if self.versions is None:
             return
-        pending = await self.store.outbox_pending(limit=PENDING_LIMIT, deadline=self._deadline())
-        for namespace, key, seq in pending:
-            self.versions.note(namespace, key, seq)
+        note = self.versions.note
+
+        def note_rows(rows: list[tuple[str, str, int]]) -> None:
+            for namespace, key, seq in rows:
+                note(namespace, key, seq)
+
+        # Chunk by chunk, with the loop free in between: a backlog must not stall requests.
+        await self.store.outbox_pending(
+            limit=PENDING_LIMIT, chunk=NOTE_CHUNK, on_rows=note_rows, deadline=self._deadline()
+        )
 
     async def replay_recent(self) -> int:
         """Bring Redis up to the store's state for every key written in the last ``retain_s``."""

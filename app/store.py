@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import ssl as ssl_module
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -430,12 +430,48 @@ class Store:
         )
         return [OutboxRow(id=r[0], namespace=r[1], key=r[2], seq=r[3]) for r in rows]
 
-    async def outbox_pending(self, *, limit: int, deadline: float) -> list[tuple[str, str, int]]:
-        """Keys whose last cache update has not reached Redis yet, with the seq it carries."""
-        rows = await self._run(
-            "outbox_pending", "fetch", SQL_OUTBOX_PENDING, limit, deadline=deadline
-        )
-        return [(r[0], r[1], r[2]) for r in rows]
+    async def outbox_pending(
+        self,
+        *,
+        limit: int,
+        chunk: int,
+        on_rows: Callable[[list[tuple[str, str, int]]], None],
+        deadline: float,
+    ) -> int:
+        """Keys whose last cache update has not reached Redis yet, with the seq it carries,
+        handed to ``on_rows`` ``chunk`` at a time from a cursor; how many there were.
+
+        A backlog can be 100,000 keys: read at once, turning them into objects alone would keep
+        the event loop from requests for tens of milliseconds. Outside the store's breaker: a
+        background query (the breaker guards the request path).
+        """
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailableError("store not started")
+        count = 0
+        with self._translated("outbox_pending"):
+            async with asyncio.timeout_at(deadline), pool.acquire() as conn, conn.transaction():
+                cursor = await conn.cursor(SQL_OUTBOX_PENDING, limit)
+                while True:
+                    rows = await cursor.fetch(chunk)
+                    count += len(rows)
+                    on_rows([(r[0], r[1], r[2]) for r in rows])
+                    if len(rows) < chunk:
+                        break
+        telemetry.STORE_QUERIES.labels(operation="outbox_pending", outcome="ok").inc()
+        return count
+
+    @contextlib.contextmanager
+    def _translated(self, operation: str) -> Iterator[None]:
+        """asyncpg's errors and the deadline as ``StoreUnavailableError``, counted."""
+        try:
+            yield
+        except TimeoutError as exc:
+            telemetry.STORE_QUERIES.labels(operation=operation, outcome="timeout").inc()
+            raise StoreUnavailableError(f"store: {operation} timed out") from exc
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            telemetry.STORE_QUERIES.labels(operation=operation, outcome="error").inc()
+            raise StoreUnavailableError(f"store: {operation}: {type(exc).__name__}") from exc
 
     async def outbox_stats(self, *, deadline: float) -> tuple[int, float]:
         """Rows not applied yet, and the age in seconds of the oldest of them."""
