@@ -8,7 +8,7 @@ PIP_VERSION := 26.3
 STAMP := $(VENV)/.installed
 
 .PHONY: help install system-deps system-deps-test run serve down status test lint fmt lock clean \
-	bench bench-failover bench-versions
+	bench bench-failover bench-versions bench-outbox
 
 help:
 	@echo "make run    install, start the local stack, migrate, serve on http://127.0.0.1:$(PORT)"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench  throughput, stampede and CAS: gateway vs a naive proxy (k6)"
 	@echo "make bench-failover   a primary killed under load: gateway vs a naive proxy"
 	@echo "make bench-versions   the version map: cost per note, memory per key, loop stalls"
+	@echo "make bench-outbox     300 PUT/s for 60 s: does the outbox stay bounded?"
 
 install: system-deps $(STAMP)
 
@@ -64,6 +65,11 @@ bench-failover: install
 # while 50,000 pending keys are noted from Postgres (own Postgres; exits 1 when a goal is missed).
 bench-versions: install
 	$(BIN)/python -m bench.versions
+
+# 300 PUT/s for 60 s through the gateway (k6), the outbox's row count every 5 s against its
+# bound (own stack; exits 1 when the outbox grows past it).
+bench-outbox: install
+	$(BIN)/python -m bench.outbox
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests alembic bench

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 
 from app import tasks, telemetry
@@ -26,8 +27,12 @@ from app.tiers.base import KeyRef, WritableTier
 log = logging.getLogger(__name__)
 
 STORE_CALL_TIMEOUT_S = 2.0
-PURGE_EVERY_N_ROUNDS = 20
-PURGE_BATCH = 1000
+# Maintenance (expired entries, applied rows past retain_s) every this many rounds, and on every
+# round while the last one left a backlog; each deletes batch after batch until none is left or
+# its time budget is spent, so it keeps up with any write rate the store accepts.
+MAINTAIN_EVERY_N_ROUNDS = 20
+MAINTAIN_BATCH = 5000
+MAINTAIN_BUDGET_S = 2.0
 REPLAY_LIMIT = 100_000
 PENDING_LIMIT = 100_000
 NOTE_CHUNK = 2000  # keys noted between two turns of the event loop
@@ -75,6 +80,7 @@ class Outbox:
 
     async def _run(self) -> None:
         rounds = 0
+        backlog = False
         while True:
             try:
                 await self.flush_done()
@@ -87,18 +93,28 @@ class Outbox:
                 telemetry.OUTBOX_DEPTH.set(depth)
                 telemetry.OUTBOX_OLDEST_AGE.set(oldest_s)
                 rounds += 1
-                if rounds % PURGE_EVERY_N_ROUNDS == 0:
-                    await self.store.purge_expired(limit=PURGE_BATCH, deadline=self._deadline())
-                    await self.store.outbox_prune(
-                        retain_s=self.settings.retain_s,
-                        limit=PURGE_BATCH,
-                        deadline=self._deadline(),
-                    )
+                if backlog or rounds % MAINTAIN_EVERY_N_ROUNDS == 0:
+                    backlog = not await self.maintain()
             except StoreError as exc:
                 log.warning("outbox round failed: %s", exc)
             except Exception:
                 log.exception("outbox round failed")
             await asyncio.sleep(self.settings.interval_s)
+
+    async def maintain(self) -> bool:
+        """Delete expired entries, then outbox rows applied more than ``retain_s`` ago, in
+        batches until none is left (True) or ``MAINTAIN_BUDGET_S`` is spent (False)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + MAINTAIN_BUDGET_S
+        retain_s = self.settings.retain_s
+        for delete in (
+            functools.partial(self.store.purge_expired),
+            functools.partial(self.store.outbox_prune, retain_s=retain_s),
+        ):
+            while await delete(limit=MAINTAIN_BATCH, deadline=self._deadline()) >= MAINTAIN_BATCH:
+                if loop.time() >= until:
+                    return False
+        return True
 
     def _deadline(self) -> float:
         return asyncio.get_running_loop().time() + STORE_CALL_TIMEOUT_S

@@ -102,3 +102,38 @@ async def test_a_write_is_503_and_changes_nothing_when_postgres_is_down(
         finally:
             stack.start_postgres()
         assert (await client.get(f"/v1/keys/{key}")).content == b"original"
+
+
+async def test_one_maintenance_pass_deletes_every_overdue_row_whatever_the_backlog(
+    stack: Stack,
+) -> None:
+    """12,000 rows past retention and 12,000 expired entries are gone after one pass (the old
+    pass deleted 1,000 of each every 10 s: about 100 rows/s); pending and recent rows stay."""
+    conn = await asyncpg.connect(stack.pg_dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO cache_outbox (namespace, key, seq, created_at, applied_at) "
+            "SELECT 'maint', 'old-' || g, g, now() - interval '1 h', now() - interval '1 h' "
+            "FROM generate_series(1, 12000) g"
+        )
+        await conn.execute(
+            "INSERT INTO cache_outbox (namespace, key, seq, created_at, applied_at) VALUES "
+            "('maint', 'pending', 1, now() - interval '1 h', NULL), "
+            "('maint', 'recent', 2, now() - interval '1 h', now())"
+        )
+        await conn.execute(
+            "INSERT INTO entries (namespace, key, value, content_type, version, cache_seq, "
+            "expires_at) SELECT 'maint', 'e' || g, 'x', 'text/plain', g, g, "
+            "now() - interval '1 s' FROM generate_series(1, 12000) g"
+        )
+        async with gateway_client(settings_for(stack)) as (_, gateway):
+            assert await gateway.outbox.maintain() is True
+        left = await conn.fetch(
+            "SELECT key FROM cache_outbox WHERE namespace = 'maint' ORDER BY key"
+        )
+        assert [r["key"] for r in left] == ["pending", "recent"]
+        assert await conn.fetchval("SELECT count(*) FROM entries WHERE namespace = 'maint'") == 0
+    finally:
+        await conn.execute("DELETE FROM cache_outbox WHERE namespace = 'maint'")
+        await conn.execute("DELETE FROM entries WHERE namespace = 'maint'")
+        await conn.close()
