@@ -109,7 +109,7 @@ async def main() -> int:
         summary = json.loads(summary_path.read_text())
     metrics = summary["metrics"]
     requests = int(metrics["http_reqs"]["values"]["count"])
-    failed = int(round(metrics["http_req_failed"]["values"]["rate"] * requests))
+    failed = round(metrics["http_req_failed"]["values"]["rate"] * requests)
     steady = [s for s in samples if s["at_s"] >= args.retain_s + maintenance_s + 5]
     final_rows = int(samples[-1]["rows"]) if samples else 0
     max_rows = int(max((s["rows"] for s in samples), default=0))
