@@ -9,7 +9,8 @@ as a probe, and its outcome closes or reopens it. The board's prober makes that 
 no request arrives, so a breaker never stays open or half-open for lack of traffic.
 
 Only infrastructure failures are recorded as failures; local saturation is not the route's fault
-and is never recorded. Clocks and randomness are injected.
+and is never recorded. A breaker made with ``count_slow=False`` (the store's write route) ignores
+latency: it opens on failures only. Clocks and randomness are injected.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -52,9 +54,11 @@ class Breaker:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        count_slow: bool = True,
     ) -> None:
         self.route = route
         self.settings = settings
+        self.slow_call_s = settings.slow_call_s if count_slow else math.inf
         self.clock = clock
         self.rng = rng or random.Random()
         self.state = State.CLOSED
@@ -84,7 +88,7 @@ class Breaker:
         """The outcome of a call that ``allow`` let through."""
         if self.state is State.HALF_OPEN:
             self._probing = False
-            if ok and duration_s <= self.settings.slow_call_s:
+            if ok and duration_s <= self.slow_call_s:
                 self._close()
             else:
                 self._open(backoff=True)
@@ -92,13 +96,13 @@ class Breaker:
         if self.state is State.OPEN:
             return  # a call that started before the breaker opened
         buckets = self._buckets
-        if ok and duration_s <= self.settings.slow_call_s and buckets:
+        if ok and duration_s <= self.slow_call_s and buckets:
             current = buckets[-1]
             if current.second == int(self.clock()):  # the common case, kept cheap
                 current.calls += 1
                 return
         bucket = self._bucket()
-        slow = duration_s > self.settings.slow_call_s
+        slow = duration_s > self.slow_call_s
         bucket.calls += 1
         bucket.failures += not ok
         bucket.slow += slow
@@ -197,10 +201,12 @@ class BreakerBoard:
         self._probes: dict[str, Probe] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def get(self, route: str, *, probe: Probe | None = None) -> Breaker:
+    def get(self, route: str, *, probe: Probe | None = None, count_slow: bool = True) -> Breaker:
         breaker = self._breakers.get(route)
         if breaker is None:
-            breaker = Breaker(route, self.settings, clock=self.clock, rng=self.rng)
+            breaker = Breaker(
+                route, self.settings, clock=self.clock, rng=self.rng, count_slow=count_slow
+            )
             self._breakers[route] = breaker
         if probe is not None and route not in self._probes:
             self._probes[route] = probe

@@ -48,7 +48,8 @@ class Gateway:
         slots.breakers = breakers
         watcher = TopologyWatcher(slots, settings.topology)
         store = Store(settings.pg)
-        store.breaker = breakers.get("store", probe=store.probe)
+        store.read_breaker = breakers.get("store", probe=store.probe)
+        store.write_breaker = breakers.get("store-write", probe=store.probe, count_slow=False)
         degraded = DegradedMode(settings.degraded)
         primary = PrimaryTier(slots, settings.redis)
         feed_state = FeedState()

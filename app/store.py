@@ -215,7 +215,12 @@ class Store:
     def __init__(self, settings: PostgresSettings) -> None:
         self.settings = settings
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
-        self.breaker: Breaker | None = None  # set by the gateway; skipped by probes
+        # Set by the gateway. Reads go under ``read_breaker`` (failures and slowness: the router
+        # then serves what caches hold), writes under ``write_breaker`` (failures only: a slow
+        # write is still a write, and nothing else could take it); background queries, probes
+        # and the key table go under neither.
+        self.read_breaker: Breaker | None = None
+        self.write_breaker: Breaker | None = None
         parts = urlsplit(settings.dsn.get_secret_value())
         self._address = (parts.hostname or "localhost", parts.port or 5432)
 
@@ -258,11 +263,13 @@ class Store:
         sql: str,
         *args: Any,
         deadline: float,
-        guarded: bool = True,
+        route: Literal["read", "write"] | None = None,
     ) -> Any:
-        """One query under the store's breaker (unless ``guarded`` is False: probes, pings)."""
-        breaker = self.breaker if guarded else None
-        if guarded and tracing.recording():
+        """One query; a read or a write of the request path goes under its route's breaker."""
+        breaker = (
+            None if route is None else self.read_breaker if route == "read" else self.write_breaker
+        )
+        if route is not None and tracing.recording():
             attributes = {
                 "db.system.name": "postgresql", "db.operation.name": operation,
                 "server.address": self._address[0], "server.port": self._address[1],
@@ -310,7 +317,7 @@ class Store:
         return result
 
     async def ping(self, *, deadline: float) -> None:
-        await self._run("ping", "fetchval", "SELECT 1", deadline=deadline, guarded=False)
+        await self._run("ping", "fetchval", "SELECT 1", deadline=deadline)
 
     async def probe(self) -> None:
         """The store breaker's active probe (not itself subject to the breaker)."""
@@ -342,7 +349,9 @@ class Store:
         return Listener(conn)
 
     async def get(self, namespace: str, key: str, *, deadline: float) -> Entry | None:
-        row = await self._run("get", "fetchrow", SQL_GET, namespace, key, deadline=deadline)
+        row = await self._run(
+            "get", "fetchrow", SQL_GET, namespace, key, deadline=deadline, route="read"
+        )
         if row is None:
             return None
         return Entry(
@@ -371,7 +380,7 @@ class Store:
         row = await self._run(
             "put", "fetchrow", SQL_PUT,
             namespace, key, value, content_type, ttl_ms, if_match, if_exists, if_none_match,
-            deadline=deadline,
+            deadline=deadline, route="write",
         )  # fmt: skip
         outcome, version, created, expires_at_ms, outbox_id = row
         if outcome != "ok":
@@ -390,15 +399,17 @@ class Store:
     ) -> RemoveResult | None:
         """Delete a live entry; ``None`` when absent, ``StoreConflictError`` if If-Match fails."""
         row = await self._run(
-            "delete", "fetchrow", SQL_DELETE, namespace, key, if_match, deadline=deadline
-        )
+            "delete", "fetchrow", SQL_DELETE, namespace, key, if_match,
+            deadline=deadline, route="write",
+        )  # fmt: skip
         return _removed(row)
 
     async def invalidate(self, namespace: str, key: str, *, deadline: float) -> RemoveResult | None:
         """Give a live entry a new cache seq, so every cached copy becomes too old to serve."""
         row = await self._run(
-            "invalidate", "fetchrow", SQL_INVALIDATE, namespace, key, deadline=deadline
-        )
+            "invalidate", "fetchrow", SQL_INVALIDATE, namespace, key,
+            deadline=deadline, route="write",
+        )  # fmt: skip
         return _removed(row)
 
     async def outbox_claim(
@@ -484,7 +495,7 @@ class Store:
         return int(row[0]), float(row[1])
 
     async def api_keys(self, *, deadline: float) -> list[ApiKeyRow]:
-        rows = await self._run("api_keys", "fetch", SQL_API_KEYS, deadline=deadline, guarded=False)
+        rows = await self._run("api_keys", "fetch", SQL_API_KEYS, deadline=deadline)
         return [
             ApiKeyRow(r[0], bytes(r[1]), r[2], tuple(r[3]), r[4], r[5], r[6], r[7], r[8])
             for r in rows
@@ -505,7 +516,7 @@ class Store:
         await self._run(
             "api_key_create", "execute", SQL_API_KEY_CREATE,
             prefix, secret_hash, namespace, scopes, rate_per_s, burst, description,
-            deadline=deadline, guarded=False,
+            deadline=deadline,
         )  # fmt: skip
 
     async def revoke_api_key(self, prefix: str, *, deadline: float) -> bool:
@@ -515,7 +526,6 @@ class Store:
             SQL_API_KEY_REVOKE,
             prefix,
             deadline=deadline,
-            guarded=False,
         )
         return status.endswith(" 1")
 
