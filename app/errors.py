@@ -13,6 +13,7 @@ driver exceptions. ``app/api/problems.py`` is the one place that maps them to HT
      │   └─ BreakerOpenError       the route's circuit breaker is open: not even tried
      ├─ StoreError
      │   ├─ StoreUnavailableError  Postgres unreachable, timed out, or could not commit
+     │   ├─ WriteOutcomeUnknownError a write was sent and no reply came: it may have committed
      │   └─ StoreConflictError     a precondition (If-Match / If-None-Match) did not hold
      ├─ KeyNotFoundError           the authoritative store says the key is absent (or expired)
      ├─ NoAnswerError              no tier could answer within policy (deadline spent)
@@ -78,6 +79,11 @@ class StoreError(CachegwError):
 
 class StoreUnavailableError(StoreError):
     """Raised when Postgres is unreachable, times out, or cannot commit."""
+
+
+class WriteOutcomeUnknownError(StoreError):
+    """Raised when a write reached Postgres but its reply did not come in time (or the
+    connection broke): it may have committed. Never reported as "nothing was changed"."""
 
 
 class StoreConflictError(StoreError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl as ssl_module
 import time
 from collections.abc import Callable, Iterator
@@ -28,8 +29,10 @@ from sqlalchemy.dialects import postgresql
 from app import telemetry, tracing
 from app.breaker import Breaker
 from app.codec import Entry
-from app.errors import StoreConflictError, StoreUnavailableError
+from app.errors import StoreConflictError, StoreUnavailableError, WriteOutcomeUnknownError
 from app.settings import PostgresSettings
+
+log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
@@ -163,6 +166,16 @@ DELETE FROM entries e
 """
 
 
+# The operations whose outcome is unknown when their reply does not come.
+WRITES = frozenset({"put", "delete", "invalidate"})
+
+
+async def _no_reset(_conn: Any) -> None:
+    """asyncpg's reset on release is a round trip (``RESET ALL``, ``UNLISTEN *``, ...) that the
+    gateway does not need: its pool connections keep no session state (listening is done on a
+    connection of its own). asyncpg still rolls back a transaction left open."""
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -219,21 +232,30 @@ class Store:
         # then serves what caches hold), writes under ``write_breaker`` (failures only: a slow
         # write is still a write, and nothing else could take it); background queries, probes
         # and the key table go under neither.
+        self._releases: set[asyncio.Task[None]] = set()
         self.read_breaker: Breaker | None = None
         self.write_breaker: Breaker | None = None
         parts = urlsplit(settings.dsn.get_secret_value())
         self._address = (parts.hostname or "localhost", parts.port or 5432)
 
     async def start(self) -> None:
-        # min_size 0: the pool is made even when Postgres is down; connections come on demand.
-        self._pool = await asyncpg.create_pool(
-            self.settings.dsn.get_secret_value(),
-            ssl=self.ssl(),
-            min_size=0,
-            max_size=self.settings.pool_max_size,
-            timeout=self.settings.connect_timeout_s,
-            command_timeout=None,
-        )
+        """Open the pool with ``pool_min_size`` connections; while Postgres is down, with none
+        (connections then come on demand): a store that is down does not stop start-up."""
+        for min_size in dict.fromkeys((self.settings.pool_min_size, 0)):
+            try:
+                self._pool = await asyncpg.create_pool(
+                    self.settings.dsn.get_secret_value(),
+                    ssl=self.ssl(),
+                    min_size=min_size,
+                    max_size=self.settings.pool_max_size,
+                    timeout=self.settings.connect_timeout_s,
+                    command_timeout=None,
+                    reset=_no_reset,
+                )
+                break
+            except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                if min_size == 0:
+                    raise StoreUnavailableError(f"store: pool: {type(exc).__name__}") from exc
         with contextlib.suppress(StoreUnavailableError):
             await self.ping(
                 deadline=asyncio.get_running_loop().time() + self.settings.connect_timeout_s
@@ -249,6 +271,8 @@ class Store:
         return mode
 
     async def aclose(self) -> None:
+        if self._releases:
+            await asyncio.wait(list(self._releases), timeout=self.settings.connect_timeout_s)
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
@@ -282,6 +306,13 @@ class Store:
         self, breaker: Breaker | None, operation: str, method: str, sql: str, *args: Any,
         deadline: float,
     ) -> Any:  # fmt: skip
+        """Acquire a connection and run one statement, each by ``deadline``; the connection
+        goes back to the pool after that, outside the deadline (with no reset query, a local
+        step): what follows a commit never fails the write that committed.
+
+        A write whose statement was sent but whose reply did not come (the deadline, a broken
+        connection) may have committed: ``WriteOutcomeUnknownError``, never "nothing changed".
+        """
         pool = self._pool
         if pool is None:
             raise StoreUnavailableError("store not started")
@@ -289,11 +320,9 @@ class Store:
             telemetry.STORE_QUERIES.labels(operation=operation, outcome="breaker_open").inc()
             raise StoreUnavailableError("store: breaker open")
         loop = asyncio.get_running_loop()
-        started: float | None = None  # set once a connection is ours: pool waits are local
         try:
-            async with asyncio.timeout_at(deadline), pool.acquire() as conn:
-                started = loop.time()
-                result = await getattr(conn, method)(sql, *args)
+            async with asyncio.timeout_at(deadline):
+                conn = await pool.acquire()
         except asyncio.CancelledError:
             if breaker is not None:
                 breaker.release()
@@ -301,20 +330,60 @@ class Store:
         except TimeoutError as exc:
             telemetry.STORE_QUERIES.labels(operation=operation, outcome="timeout").inc()
             if breaker is not None:
-                if started is None:
-                    breaker.release()  # every connection busy here: not the store's fault
-                else:
-                    breaker.record(ok=False, duration_s=loop.time() - started)
-            raise StoreUnavailableError(f"store: {operation} timed out") from exc
+                breaker.release()  # every connection busy, or a slow connect: nothing was sent
+            raise StoreUnavailableError(f"store: {operation}: no connection in time") from exc
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             telemetry.STORE_QUERIES.labels(operation=operation, outcome="error").inc()
             if breaker is not None:
-                breaker.record(ok=False, duration_s=loop.time() - (started or loop.time()))
+                breaker.record(ok=False, duration_s=0.0)
             raise StoreUnavailableError(f"store: {operation}: {type(exc).__name__}") from exc
+        started = loop.time()
+        try:
+            async with asyncio.timeout_at(deadline):
+                result = await getattr(conn, method)(sql, *args)
+        except asyncio.CancelledError:
+            self._release_later(pool, conn)
+            if breaker is not None:
+                breaker.release()
+            raise
+        except (TimeoutError, asyncpg.InterfaceError, OSError) as exc:
+            self._release_later(pool, conn)
+            outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
+            telemetry.STORE_QUERIES.labels(operation=operation, outcome=outcome).inc()
+            if breaker is not None:
+                breaker.record(ok=False, duration_s=loop.time() - started)
+            what = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+            if operation in WRITES:
+                raise WriteOutcomeUnknownError(
+                    f"store: {operation} sent, no reply ({what}): it may have committed"
+                ) from exc
+            raise StoreUnavailableError(f"store: {operation}: {what}") from exc
+        except asyncpg.PostgresError as exc:  # the server refused it: rolled back
+            self._release_later(pool, conn)
+            telemetry.STORE_QUERIES.labels(operation=operation, outcome="error").inc()
+            if breaker is not None:
+                breaker.record(ok=False, duration_s=loop.time() - started)
+            raise StoreUnavailableError(f"store: {operation}: {type(exc).__name__}") from exc
+        try:
+            await pool.release(conn)  # local (no reset query): the answer does not wait on it
+        except Exception as exc:  # asyncpg has closed it; the statement's result stands
+            log.warning("store: a connection could not go back to the pool: %r", exc)
         if breaker is not None:
-            breaker.record(ok=True, duration_s=loop.time() - (started or loop.time()))
+            breaker.record(ok=True, duration_s=loop.time() - started)
         telemetry.STORE_QUERIES.labels(operation=operation, outcome="ok").inc()
         return result
+
+    def _release_later(self, pool: asyncpg.Pool[asyncpg.Record], conn: Any) -> None:
+        """Give back a connection after a failure (asyncpg may first wait for the server to
+        acknowledge a cancellation) without making the caller wait for it."""
+
+        async def release() -> None:
+            with contextlib.suppress(Exception):
+                await pool.release(conn, timeout=self.settings.connect_timeout_s)
+
+        task = asyncio.get_running_loop().create_task(release())
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     async def ping(self, *, deadline: float) -> None:
         await self._run("ping", "fetchval", "SELECT 1", deadline=deadline)

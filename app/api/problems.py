@@ -35,6 +35,7 @@ from app.errors import (
     UnauthenticatedError,
     UnsupportedMediaTypeError,
     ValueTooLargeError,
+    WriteOutcomeUnknownError,
 )
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,10 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         ProblemType("store-unavailable", 503, "Store unavailable",
                     "The authoritative store could not answer or commit; nothing was changed. "
                     "Retry after the time in Retry-After."),
+        ProblemType("write-outcome-unknown", 503, "Write outcome unknown",
+                    "The write reached the store but its reply did not come in time: it may have "
+                    "committed, or not. Read the key with Cache-Control: no-cache (its ETag says "
+                    "which version is current) before you retry a conditional write."),
         ProblemType("not-cached", 504, "Not cached",
                     "only-if-cached was asked and no cache tier holds the key within policy."),
         ProblemType("no-answer", 503, "No tier could answer",
@@ -180,6 +185,10 @@ def error_response(exc: Exception, *, instance: str | None = None) -> Response:
                 "precondition-failed", str(exc), instance=instance,
                 headers=_etag_headers(exc.current_version),
             )  # fmt: skip
+        case WriteOutcomeUnknownError():
+            return typed_problem(
+                "write-outcome-unknown", str(exc), instance=instance, headers={"Retry-After": "1"}
+            )
         case StoreUnavailableError():
             return typed_problem(
                 "store-unavailable", str(exc), instance=instance, headers={"Retry-After": "1"}

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -25,6 +26,7 @@ from app.devstack import BUS_PORT_OFFSET, Stack, StackConfig, find_free_base_por
 from app.gateway import Gateway
 from app.main import create_app
 from app.settings import Settings
+from tests.integration.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,3 +147,15 @@ async def client(stack: Stack, lean_path: bool) -> AsyncIterator[httpx.AsyncClie
 async def gw(stack: Stack, lean_path: bool) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
     async with gateway_client(settings_for(stack, lean_path=lean_path)) as pair:
         yield pair
+
+
+@pytest.fixture
+async def pg_proxy(stack: Stack) -> AsyncIterator[TcpProxy]:
+    """A TCP proxy in front of the stack's Postgres (point a gateway at ``proxy.dsn(...)``)."""
+    parts = urlsplit(stack.pg_dsn)
+    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.aclose()

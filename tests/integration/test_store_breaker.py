@@ -6,26 +6,10 @@ Postgres is made slow for real: a TCP proxy between the gateway and it holds eve
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
-
-import pytest
-
 from app.devstack import Stack
 from tests.integration.conftest import gateway_client, settings_for
 from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.test_api_keys import new_key
-
-
-@pytest.fixture
-async def pg_proxy(stack: Stack) -> AsyncIterator[TcpProxy]:
-    parts = urlsplit(stack.pg_dsn)
-    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
-    await proxy.start()
-    try:
-        yield proxy
-    finally:
-        await proxy.aclose()
 
 
 async def test_slow_writes_do_not_open_a_breaker(stack: Stack, pg_proxy: TcpProxy) -> None:

@@ -18,6 +18,7 @@ CASES: list[tuple[Exception, int, str]] = [
     (errors.KeyNotFoundError("k"), 404, "/problems/key-not-found"),
     (errors.StoreConflictError("no", current_version=7), 412, "/problems/precondition-failed"),
     (errors.StoreUnavailableError("down"), 503, "/problems/store-unavailable"),
+    (errors.WriteOutcomeUnknownError("late"), 503, "/problems/write-outcome-unknown"),
     (errors.NoAnswerError("none", retry_after_s=2), 503, "/problems/no-answer"),
     (errors.TierTimeoutError("slow", route="primary"), 503, "/problems/no-answer"),
     (errors.UnauthenticatedError("no key"), 401, "/problems/unauthenticated"),
