@@ -96,9 +96,14 @@ class ReadResult:
 
 @dataclass(frozen=True, slots=True)
 class _Loaded:
-    """What one load from the store produced, shared by every request that waited for it."""
+    """What one load from the store produced, shared by every request that waited for it.
+
+    ``began`` (event-loop time) is when the load started: its store read reflects every write
+    this process had heard of by then, and none it heard of later.
+    """
 
     entry: Entry | None
+    began: float
     filled: bool = False
     from_peer: bool = False  # another process loaded it; this one read it from Redis
 
@@ -343,9 +348,15 @@ class FallbackRouter:
     ) -> ReadResult:
         if tracing.recording():
             tracing.extend_fallback_path("store")
-        load = functools.partial(self._load, ref, deadline, fill=primary_answered)
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
         try:
-            loaded = await self.loads.do((ref.namespace, ref.key), load, deadline=deadline)
+            loaded = await self._shared_load(ref, deadline, fill=primary_answered)
+            if loaded.began < arrived and self._behind(loaded, attempt.floor, policy):
+                # The shared load began before this request knew what it knows (a newer write
+                # announced, or a tombstone seen; or no-cache, which asks for a read that starts
+                # after it): a load that begins now reflects it.
+                loaded = await self._shared_load(ref, deadline, fill=primary_answered)
         except CoalescingOverflowError:
             telemetry.SHED.labels(reason="waiters").inc()
             fallback = attempt.fallback
@@ -373,6 +384,25 @@ class FallbackRouter:
             collapsed=loaded.from_peer,
         )  # fmt: skip
 
+    async def _shared_load(self, ref: KeyRef, deadline: float, *, fill: bool) -> _Loaded:
+        """The key's load in flight, or a new one; this caller waits until its ``deadline``.
+
+        A new load runs under a deadline of its own (a full read deadline from now), not its
+        first caller's: callers that join it later, with time left, are not failed by the
+        first one running out of time.
+        """
+        load_deadline = asyncio.get_running_loop().time() + self.read_deadline_s
+        load = functools.partial(self._load, ref, load_deadline, fill=fill)
+        return await self.loads.do((ref.namespace, ref.key), load, deadline=deadline)
+
+    @staticmethod
+    def _behind(loaded: _Loaded, floor: int, policy: ReadPolicy) -> bool:
+        if policy.no_cache:
+            return True
+        if loaded.entry is None:
+            return floor > 0
+        return loaded.entry.seq < floor
+
     async def _load(self, ref: KeyRef, deadline: float, *, fill: bool) -> _Loaded:
         """One process's load of a key from the store (run once per key by ``self.loads``).
 
@@ -382,6 +412,7 @@ class FallbackRouter:
         failure nothing is sent to it: the outbox and later reads fill it.
         """
         loop = asyncio.get_running_loop()
+        began = loop.time()
         token: bytes | None = None
         if fill and self.coalescing.cross_process:
             try:
@@ -393,11 +424,11 @@ class FallbackRouter:
             if token is None:
                 peer = await self._await_peer_fill(ref, deadline)
                 if peer is not None:
-                    return _Loaded(peer, filled=False, from_peer=True)
+                    return _Loaded(peer, began, filled=False, from_peer=True)
         try:
-            began = loop.time()
+            read_at = loop.time()
             entry = await self.store.get(ref.namespace, ref.key, deadline=deadline)
-            self._store_latency_s += 0.2 * (loop.time() - began - self._store_latency_s)
+            self._store_latency_s += 0.2 * (loop.time() - read_at - self._store_latency_s)
             filled = False
             if entry is not None and entry.seq >= (
                 self.versions.newest(ref.namespace, ref.key) or 0
@@ -406,7 +437,7 @@ class FallbackRouter:
                 if fill:
                     result = await self._cache_put(ref, entry, source="fill", deadline=deadline)
                     filled = result == "applied"
-            return _Loaded(entry, filled=filled)
+            return _Loaded(entry, began, filled=filled)
         finally:
             if token:
                 self._spawn(self._unlock(ref, token))
@@ -470,15 +501,16 @@ class FallbackRouter:
 
     async def _refresh(self, ref: KeyRef, deadline: float) -> _Loaded:
         telemetry.CACHE_UPDATES.labels(source="early_refresh", result="started").inc()
+        began = asyncio.get_running_loop().time()
         entry = await self.store.get(ref.namespace, ref.key, deadline=deadline)
         if entry is None or entry.seq < (self.versions.newest(ref.namespace, ref.key) or 0):
-            return _Loaded(entry, filled=False)
+            return _Loaded(entry, began, filled=False)
         self._keep_local(ref, entry, 0)
         try:
             written = await self.primary.put(ref, entry, deadline=deadline, refresh=True)
         except TierError:
             written = False
-        return _Loaded(entry, filled=written)
+        return _Loaded(entry, began, filled=written)
 
     def _keep_local(self, ref: KeyRef, entry: Entry, floor: int) -> None:
         if self.local is not None and entry.seq >= floor:

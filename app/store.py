@@ -120,13 +120,14 @@ RETURNING o.id, o.namespace, o.key, o.seq
 SQL_OUTBOX_DONE = "UPDATE cache_outbox SET applied_at = now() WHERE id = ANY($1::bigint[])"
 # A row applied before the horizon was created before it too: the created_at index finds the
 # candidates (rows still pending among them are few and are kept). Locked rows are skipped, so
-# the prunes of many processes share the work instead of queueing on the same rows.
+# the prunes of many processes share the work instead of queueing on the same rows. The ids are
+# collected once (an InitPlan), whatever the table's statistics say.
 SQL_OUTBOX_PRUNE = """
-DELETE FROM cache_outbox WHERE id IN (
+DELETE FROM cache_outbox WHERE id = ANY (ARRAY(
     SELECT id FROM cache_outbox
      WHERE created_at < now() - $1::float8 * interval '1 second'
        AND applied_at < now() - $1::float8 * interval '1 second'
-     LIMIT $2 FOR UPDATE SKIP LOCKED)
+     LIMIT $2 FOR UPDATE SKIP LOCKED))
 """
 SQL_OUTBOX_RECENT = """
 SELECT DISTINCT ON (namespace, key) id, namespace, key, seq FROM cache_outbox
@@ -154,15 +155,17 @@ SQL_API_KEY_REVOKE = """
 UPDATE api_keys SET revoked_at = now() WHERE prefix = $1 AND revoked_at IS NULL
 """
 SQL_OUTBOX_FAILED = "UPDATE cache_outbox SET last_error = $2 WHERE id = ANY($1::bigint[])"
-# By primary key, with the rows locked and skipped when a write holds them, and the expiry
-# checked again on the row deleted: a PUT that revives an expired row (a new row version) keeps
-# it, whatever the Postgres version (a TID scan's recheck once did nothing: a ctid list alone
-# let a purge delete the new version), and concurrent purges share the work.
+# The rows are locked (and skipped when a write holds them) before they are deleted, and their
+# expiry is checked again on the row deleted: a PUT that revives an expired row (a new row
+# version) keeps it, whatever the Postgres version (a TID scan's recheck once did nothing, so a
+# bare ctid list let a purge delete the new version). Joined by ctid, the plan stays a nested
+# loop of TID lookups however stale the table's statistics (a join on the primary key can turn
+# into a join filter that costs O(expired rows x batch)); concurrent purges share the work.
 SQL_PURGE_EXPIRED = """
 DELETE FROM entries e
- USING (SELECT namespace, key FROM entries WHERE expires_at <= now()
+ USING (SELECT ctid FROM entries WHERE expires_at <= now()
          LIMIT $1 FOR UPDATE SKIP LOCKED) x
- WHERE e.namespace = x.namespace AND e.key = x.key AND e.expires_at <= now()
+ WHERE e.ctid = x.ctid AND e.expires_at <= now()
 """
 
 

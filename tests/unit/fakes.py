@@ -84,8 +84,17 @@ class FakeStore:
         self._check()
         self.gets += 1
         if self.gate is not None:
-            await self.gate.wait()
+            await self._wait(self.gate, deadline)
         return self.rows.get(key)
+
+    @staticmethod
+    async def _wait(gate: asyncio.Event, deadline: float) -> None:
+        """As the real store: no answer by the deadline is StoreUnavailableError."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await gate.wait()
+        except TimeoutError:
+            raise StoreUnavailableError("store: get timed out") from None
 
     async def put(self, namespace: str, key: str, value: bytes, **kw: object) -> WriteResult:
         self._check()

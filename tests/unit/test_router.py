@@ -381,3 +381,95 @@ async def test_degraded_mode_coalesces_reads_of_the_primary_and_retries_less() -
     assert {r.entry.value for r in await asyncio.gather(*readers)} == {b"v"}
     assert calls == 1
     assert rig.router.degraded.retries(3) == 2
+
+
+class ReadThenWaitStore(FakeStore):
+    """A store whose reply is late: the row is read at once, then handed back after ``gate``
+    (a SELECT that ran before a write committed, its reply still on the way)."""
+
+    async def get(self, namespace: str, key: str, *, deadline: float) -> Entry | None:
+        self._check()
+        self.gets += 1
+        row = self.rows.get(key)
+        if self.gate is not None and self.gets == 1:
+            await self._wait(self.gate, deadline)
+        return row
+
+
+async def test_a_joiner_that_knows_a_newer_write_never_gets_the_older_shared_load() -> None:
+    gate = asyncio.Event()
+    rig = Rig(store=ReadThenWaitStore(rows={"k": entry(b"old", 5)}, gate=gate))
+    first = asyncio.ensure_future(rig.router.get(rig.ref))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert rig.store.gets == 1  # its load read seq 5 and waits for its reply
+    rig.store.rows["k"] = entry(b"new", 7)  # another process writes seq 7 ...
+    rig.versions.note("default", "k", 7)  # ... and the feed announces it here
+    joiner = asyncio.ensure_future(rig.router.get(rig.ref))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    gate.set()
+    assert (await first).entry.seq == 5  # it began before the write: either answer is right
+    result = await joiner
+    assert (result.entry.value, result.entry.seq) == (b"new", 7)
+
+
+async def test_a_joiner_that_knows_a_key_was_created_never_gets_the_shared_404() -> None:
+    gate = asyncio.Event()
+    rig = Rig(store=ReadThenWaitStore(rows={}, gate=gate))
+    first = asyncio.ensure_future(rig.router.get(rig.ref))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    rig.store.rows["k"] = entry(b"created", 7)
+    rig.versions.note("default", "k", 7)
+    joiner = asyncio.ensure_future(rig.router.get(rig.ref))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    gate.set()
+    with pytest.raises(KeyNotFoundError):
+        await first
+    assert (await joiner).entry.value == b"created"
+
+
+async def test_no_cache_never_joins_a_load_that_began_before_it() -> None:
+    gate = asyncio.Event()
+    rig = Rig(store=ReadThenWaitStore(rows={"k": entry(b"old", 5)}, gate=gate))
+    first = asyncio.ensure_future(rig.router.get(rig.ref))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    rig.store.rows["k"] = entry(b"new", 7)  # not announced here yet: only the store knows
+    revalidating = asyncio.ensure_future(
+        rig.router.get(rig.ref, ReadPolicy(max_stale_s=2.0, stale_if_error_s=30.0, no_cache=True))
+    )
+    for _ in range(5):
+        await asyncio.sleep(0)
+    gate.set()
+    await first
+    assert (await revalidating).entry.value == b"new"
+
+
+async def test_a_late_joiner_is_not_failed_by_the_first_callers_deadline() -> None:
+    """The shared load runs under a deadline of its own, not the first caller's."""
+    gate = asyncio.Event()
+    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 5)}, gate=gate))
+    rig.router.read_deadline_s = 0.2
+    rig.router.primary_timeout_s = 0.2
+    plain_get = rig.primary.get
+    calls = 0
+
+    async def slow_first_answer(ref: Any, *, deadline: float) -> Copy:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(0.15)  # the first caller reaches the store with 50 ms left
+        return await plain_get(ref, deadline=deadline)
+
+    rig.primary.get = slow_first_answer  # type: ignore[method-assign]
+    first = asyncio.ensure_future(rig.router.get(rig.ref))
+    await asyncio.sleep(0.17)
+    joiner = asyncio.ensure_future(rig.router.get(rig.ref))  # 200 ms of its own
+    await asyncio.sleep(0.1)  # the first caller's deadline has passed
+    gate.set()
+    with pytest.raises(StoreUnavailableError):
+        await first
+    assert (await joiner).entry.value == b"stored"
