@@ -60,6 +60,9 @@ XFETCH_HORIZON = 30
 PEER_POLL_FIRST_S = 0.002
 PEER_POLL_MAX_S = 0.02
 PEER_POLL_RESERVE_S = 0.02
+# How long a load from the store may run, in read deadlines (readers with nothing else to answer
+# with wait for it that long: an answer a little late beats a 503 that brings its client back).
+LOAD_DEADLINES = 2
 
 
 class OutboxSink(Protocol):
@@ -351,12 +354,16 @@ class FallbackRouter:
         loop = asyncio.get_running_loop()
         arrived = loop.time()
         try:
-            loaded = await self._shared_load(ref, deadline, fill=primary_answered)
+            # With no copy to fall back on, a caller waits for the load as long as it may run.
+            patient = attempt.fallback is None
+            loaded = await self._shared_load(ref, deadline, fill=primary_answered, patient=patient)
             if loaded.began < arrived and self._behind(loaded, attempt.floor, policy):
                 # The shared load began before this request knew what it knows (a newer write
                 # announced, or a tombstone seen; or no-cache, which asks for a read that starts
                 # after it): a load that begins now reflects it.
-                loaded = await self._shared_load(ref, deadline, fill=primary_answered)
+                loaded = await self._shared_load(
+                    ref, deadline, fill=primary_answered, patient=patient
+                )
         except CoalescingOverflowError:
             telemetry.SHED.labels(reason="waiters").inc()
             fallback = attempt.fallback
@@ -384,16 +391,23 @@ class FallbackRouter:
             collapsed=loaded.from_peer,
         )  # fmt: skip
 
-    async def _shared_load(self, ref: KeyRef, deadline: float, *, fill: bool) -> _Loaded:
-        """The key's load in flight, or a new one; this caller waits until its ``deadline``.
+    async def _shared_load(
+        self, ref: KeyRef, deadline: float, *, fill: bool, patient: bool
+    ) -> _Loaded:
+        """The key's load in flight, or a new one; this caller waits until its ``deadline``
+        (``patient``: or for as long as the load may run, if that is later).
 
-        A new load runs under a deadline of its own (a full read deadline from now), not its
-        first caller's: callers that join it later, with time left, are not failed by the
-        first one running out of time.
+        A new load runs under a deadline of its own (``LOAD_DEADLINES`` read deadlines from
+        now), not its first caller's: callers that join it later, with time left, are not failed
+        by the first one running out of time, and a load slowed by a busy process (a stampede
+        on a loaded host) still ends in an answer for everyone waiting.
         """
-        load_deadline = asyncio.get_running_loop().time() + self.read_deadline_s
+        load_deadline = asyncio.get_running_loop().time() + LOAD_DEADLINES * self.read_deadline_s
         load = functools.partial(self._load, ref, load_deadline, fill=fill)
-        return await self.loads.do((ref.namespace, ref.key), load, deadline=deadline)
+        return await self.loads.do(
+            (ref.namespace, ref.key), load, deadline=deadline, load_deadline=load_deadline,
+            patient=patient,
+        )  # fmt: skip
 
     @staticmethod
     def _behind(loaded: _Loaded, floor: int, policy: ReadPolicy) -> bool:
@@ -451,9 +465,10 @@ class FallbackRouter:
         loop = asyncio.get_running_loop()
         floor = self.versions.newest(ref.namespace, ref.key) or 0
         pause = PEER_POLL_FIRST_S
+        # Keep half of the load's time (at least a few store round trips) to read the store
+        # ourselves if the peer never fills: a busy process reads slowly too.
+        reserve = max(PEER_POLL_RESERVE_S + 2 * self._store_latency_s, (deadline - loop.time()) / 2)
         while True:
-            # Keep enough of the deadline to read the store ourselves if the peer never fills.
-            reserve = PEER_POLL_RESERVE_S + 2 * self._store_latency_s
             if loop.time() + pause + reserve >= deadline:
                 return None
             await asyncio.sleep(pause)

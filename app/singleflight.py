@@ -22,6 +22,7 @@ T = TypeVar("T")
 @dataclass(eq=False)
 class _Flight(Generic[T]):
     task: asyncio.Task[T]
+    deadline: float | None = None  # how long the load itself may run (event-loop time)
     waiters: int = 0
 
 
@@ -45,16 +46,27 @@ class SingleFlight(Generic[T]):
     def __len__(self) -> int:
         return len(self._flights)
 
-    async def do(self, key: Hashable, load: Callable[[], Awaitable[T]], *, deadline: float) -> T:
+    async def do(
+        self,
+        key: Hashable,
+        load: Callable[[], Awaitable[T]],
+        *,
+        deadline: float,
+        load_deadline: float | None = None,
+        patient: bool = False,
+    ) -> T:
         """The result of the key's current load, starting ``load`` if none is under way.
 
         Waits until ``deadline`` (event-loop time): ``TimeoutError`` then, while the load goes on.
-        ``CoalescingOverflowError`` when the key already has ``max_waiters`` waiting.
+        A new flight records ``load_deadline``, the time its load may run until; a ``patient``
+        caller waits for a flight until then if that is later than its own deadline (waiting
+        costs nobody anything, and an answer a little late beats a 503 that makes its client
+        come back). ``CoalescingOverflowError`` when the key already has ``max_waiters`` waiting.
         """
         flight = self._flights.get(key)
         if flight is None:
             task = asyncio.get_running_loop().create_task(_run(load))
-            flight = _Flight(task)
+            flight = _Flight(task, load_deadline)
             self._flights[key] = flight
             task.add_done_callback(functools.partial(self._land, key, flight))
         elif flight.waiters >= self.max_waiters:
@@ -62,6 +74,8 @@ class SingleFlight(Generic[T]):
         else:
             self._joined.inc()
         flight.waiters += 1
+        if patient and flight.deadline is not None:
+            deadline = max(deadline, flight.deadline)
         try:
             async with asyncio.timeout_at(deadline):
                 return await asyncio.shield(flight.task)

@@ -448,8 +448,9 @@ async def test_no_cache_never_joins_a_load_that_began_before_it() -> None:
     assert (await revalidating).entry.value == b"new"
 
 
-async def test_a_late_joiner_is_not_failed_by_the_first_callers_deadline() -> None:
-    """The shared load runs under a deadline of its own, not the first caller's."""
+async def test_callers_with_no_copy_wait_for_a_shared_load_as_long_as_it_may_run() -> None:
+    """The shared load runs under a deadline of its own, not its first caller's; a caller with
+    nothing else to answer with waits for it (late joiners, and the first caller too)."""
     gate = asyncio.Event()
     rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 5)}, gate=gate))
     rig.router.read_deadline_s = 0.2
@@ -470,6 +471,18 @@ async def test_a_late_joiner_is_not_failed_by_the_first_callers_deadline() -> No
     joiner = asyncio.ensure_future(rig.router.get(rig.ref))  # 200 ms of its own
     await asyncio.sleep(0.1)  # the first caller's deadline has passed
     gate.set()
-    with pytest.raises(StoreUnavailableError):
-        await first
+    assert (await first).entry.value == b"stored"
     assert (await joiner).entry.value == b"stored"
+
+
+async def test_a_caller_with_a_stale_copy_gets_it_at_its_deadline_instead_of_waiting() -> None:
+    gate = asyncio.Event()
+    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 5)}, gate=gate))
+    rig.router.read_deadline_s = 0.1
+    rig.primary_fails()
+    rig.replica.data[rig.ref.rkey] = entry(b"replica", 5)
+    rig.replica.behind_s = 10.0  # past max-stale, within stale-if-error
+    result = await rig.router.get(rig.ref)
+    assert (result.entry.value, result.store_failed) == (b"replica", True)
+    gate.set()
+
