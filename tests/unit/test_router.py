@@ -485,4 +485,3 @@ async def test_a_caller_with_a_stale_copy_gets_it_at_its_deadline_instead_of_wai
     result = await rig.router.get(rig.ref)
     assert (result.entry.value, result.store_failed) == (b"replica", True)
     gate.set()
-
