@@ -216,13 +216,15 @@ class FallbackRouter:
                     if not record.expired(now_ms()):
                         self._count["primary_hit"].inc()
                         telemetry.tier_result("primary", "hit")
-                        self._keep_local(ref, record, attempt.floor)
+                        self._keep_local(ref, record)
                         self._maybe_refresh_early(ref, record)
                         return ReadResult(record, "primary")
                 elif isinstance(record, Entry):
                     telemetry.tier_result("primary", "stale")
                 elif isinstance(record, Tombstone):
                     attempt.floor = max(attempt.floor, record.seq)
+                    if self.local is not None:
+                        self.local.invalidate(ref.namespace, ref.key, record.seq)
                 self._count["primary_miss"].inc()
                 telemetry.tier_result("primary", "miss")
         try:
@@ -322,7 +324,10 @@ class FallbackRouter:
             if staleness <= allowance:
                 self._count[f"{tier.name}_hit"].inc()
                 telemetry.tier_result(tier.name, "hit")
-                if fresh_only:  # the primary answered but had lost it: put it back
+                if fresh_only and self.versions.newest(ref.namespace, ref.key) == record.seq:
+                    # The primary answered but had lost it; this copy is known to be the newest
+                    # version (its own announcement is remembered): put it back. Otherwise it is
+                    # served (nothing newer reached this process) but does not re-seed Redis.
                     self._spawn(
                         self._cache_put(ref, record, source="fill", deadline=self._cache_deadline())
                     )
@@ -382,6 +387,8 @@ class FallbackRouter:
         entry = loaded.entry
         telemetry.tier_result("store", "miss" if entry is None else "hit")
         if entry is None:
+            if self.local is not None:
+                self.local.drop(ref.namespace, ref.key)
             raise KeyNotFoundError(ref.key)
         if policy.no_cache and not primary_answered and entry.seq >= attempt.floor:
             # The primary was not asked: refresh it without making the caller wait.
@@ -447,7 +454,7 @@ class FallbackRouter:
             if entry is not None and entry.seq >= (
                 self.versions.newest(ref.namespace, ref.key) or 0
             ):
-                self._keep_local(ref, entry, 0)
+                self._keep_local(ref, entry)
                 if fill:
                     result = await self._cache_put(ref, entry, source="fill", deadline=deadline)
                     filled = result == "applied"
@@ -520,15 +527,23 @@ class FallbackRouter:
         entry = await self.store.get(ref.namespace, ref.key, deadline=deadline)
         if entry is None or entry.seq < (self.versions.newest(ref.namespace, ref.key) or 0):
             return _Loaded(entry, began, filled=False)
-        self._keep_local(ref, entry, 0)
+        self._keep_local(ref, entry)
         try:
             written = await self.primary.put(ref, entry, deadline=deadline, refresh=True)
         except TierError:
             written = False
         return _Loaded(entry, began, filled=written)
 
-    def _keep_local(self, ref: KeyRef, entry: Entry, floor: int) -> None:
-        if self.local is not None and entry.seq >= floor:
+    def _keep_local(self, ref: KeyRef, entry: Entry) -> None:
+        """Keep a copy in the local tier unless a newer seq of the key was announced by now.
+
+        Checked at the moment of insertion, not when the copy was read: an announcement that
+        arrived while the copy was on its way (a write's commit reply, a Redis round trip) has
+        already found nothing to drop, so the copy must not land after it.
+        """
+        if self.local is not None and entry.seq >= (
+            self.versions.newest(ref.namespace, ref.key) or 0
+        ):
             self.local.store(ref, entry)
 
     # -- writes ------------------------------------------------------------------------------
@@ -564,7 +579,7 @@ class FallbackRouter:
             expires_at_ms=result.expires_at_ms,
         )
         self.versions.note(ref.namespace, ref.key, result.seq)
-        self._keep_local(ref, entry, result.seq)
+        self._keep_local(ref, entry)
         await self._apply(ref, entry, result.outbox_id)
         return result
 

@@ -160,6 +160,12 @@ class LocalSettings(BaseModel):
 
     max_entries: int = Field(default=10_000, ge=0, le=10_000_000)
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=16 * 1024**3)
+    max_age_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86400,
+        description="Longest life of a local copy; at most feed.versions_ttl_s.",
+    )
 
 
 class FeedSettings(BaseModel):
@@ -271,6 +277,15 @@ class Settings(BaseSettings):
     trace_keys_plainly: bool = Field(
         default=False, description="Put keys in span attributes as they are, not as hashes."
     )
+    @model_validator(mode="after")
+    def _local_age(self) -> Settings:
+        if self.local.max_age_s > self.feed.versions_ttl_s:
+            raise ValueError(
+                "local.max_age_s must not exceed feed.versions_ttl_s: a local copy must not "
+                "outlive the record of the announcements that would show it is too old"
+            )
+        return self
+
     lean_path: bool = Field(
         default=True, description="Serve the key operations on the lean ASGI path, not FastAPI's."
     )

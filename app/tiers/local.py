@@ -1,6 +1,8 @@
 """The local tier: a bounded LRU in this process (cachetools), kept in step by the feed.
 
-Bounded both in entries and in bytes. Every copy is stamped with the feed's generation and the
+Bounded in entries, in bytes and in age: a copy lives at most ``max_age_s``, no longer than the
+version map remembers announcements (``feed.versions_ttl_s``), so no copy outlives the record
+that would tell it is too old. Every copy is stamped with the feed's generation and the
 time it was taken, so that ``FeedState`` can say how long it may have missed invalidations:
 0 while the feed is up, growing while it is down (the router then serves it only within
 ``stale-if-error``).
@@ -51,8 +53,12 @@ class LocalTier:
         )
 
     def lookup(self, ref: KeyRef) -> Copy:
-        item = self._items.get((ref.namespace, ref.key))
+        slot = (ref.namespace, ref.key)
+        item = self._items.get(slot)
         if item is None:
+            return MISS
+        if self.clock() - item.cached_at > self.settings.max_age_s:
+            del self._items[slot]  # older than what the version map remembers: not trusted
             return MISS
         return Copy(item.entry, self.feed.behind_s(item.generation, item.cached_at))
 

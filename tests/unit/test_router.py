@@ -91,18 +91,6 @@ async def test_a_primary_miss_reads_the_store_and_fills_redis_and_local() -> Non
     assert rig.local.lookup(rig.ref).record == entry(b"stored", 5)
 
 
-async def test_a_primary_miss_is_answered_by_a_current_local_copy_and_redis_is_refilled() -> None:
-    rig = Rig()
-    rig.local.store(rig.ref, entry(b"local", 3))
-    before = count("local_hit")
-    result = await rig.router.get(rig.ref)
-    assert (result.entry.value, result.tier) == (b"local", "local")
-    assert count("local_hit") == before + 1
-    await rig.router.drain()
-    assert rig.primary.data[rig.ref.rkey] == entry(b"local", 3)
-    assert rig.store.gets == 0
-
-
 async def test_a_tombstone_or_expired_entry_on_the_primary_is_a_miss() -> None:
     rig = Rig(store=FakeStore(rows={"k": entry(b"new", 9)}))
     rig.primary.data[rig.ref.rkey] = Tombstone(8)
@@ -485,3 +473,82 @@ async def test_a_caller_with_a_stale_copy_gets_it_at_its_deadline_instead_of_wai
     result = await rig.router.get(rig.ref)
     assert (result.entry.value, result.store_failed) == (b"replica", True)
     gate.set()
+
+
+# -- the local tier never goes backwards (defect audit, finding 2) ---------------------------
+
+
+class CommitThenWaitStore(FakeStore):
+    """A store whose write commits at once and whose reply comes after ``gate``."""
+
+    async def put(self, namespace: str, key: str, value: bytes, **kw: object) -> Any:
+        result = await super().put(namespace, key, value, **kw)
+        if self.gate is not None:
+            await self.gate.wait()
+        return result
+
+
+async def test_a_put_whose_reply_comes_after_a_newer_announcement_keeps_no_local_copy() -> None:
+    gate = asyncio.Event()
+    rig = Rig(store=CommitThenWaitStore(gate=gate))
+    put = asyncio.ensure_future(rig.router.put(rig.ref, b"mine", content_type="a/b", ttl_s=None))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    committed = rig.store.seq
+    # Another process deletes the key (seq + 1); the feed announces it here first.
+    rig.versions.note("default", "k", committed + 1)
+    rig.local.invalidate("default", "k", committed + 1)
+    gate.set()
+    await put
+    assert rig.local.lookup(rig.ref).record is None
+
+
+async def test_a_primary_copy_overtaken_while_it_was_read_is_served_but_not_kept() -> None:
+    rig = Rig()
+    rig.primary.data[rig.ref.rkey] = entry(b"read", 5)
+    plain_get = rig.primary.get
+
+    async def overtaken(ref: Any, *, deadline: float) -> Copy:
+        copy = await plain_get(ref, deadline=deadline)
+        rig.versions.note("default", "k", 6)  # announced while the reply was on its way
+        return copy
+
+    rig.primary.get = overtaken  # type: ignore[method-assign]
+    result = await rig.router.get(rig.ref)
+    assert result.entry.seq == 5  # current when the read began: a right answer
+    assert rig.local.lookup(rig.ref).record is None  # but too old to keep
+
+
+async def test_a_primary_tombstone_and_a_store_404_drop_the_local_copy() -> None:
+    rig = Rig()
+    rig.local.store(rig.ref, entry(b"deleted", 5))
+    rig.primary.data[rig.ref.rkey] = Tombstone(6)
+    with pytest.raises(KeyNotFoundError):
+        await rig.router.get(rig.ref)
+    assert rig.local.lookup(rig.ref).record is None
+    rig.local.store(rig.ref, entry(b"deleted", 5))
+    rig.primary.data.pop(rig.ref.rkey)
+    rig.versions.note("default", "k", 6)  # the delete, announced; the store has no row
+    with pytest.raises(KeyNotFoundError):
+        await rig.router.get(rig.ref)
+    assert rig.local.lookup(rig.ref).record is None
+
+
+async def test_a_local_copy_lives_at_most_its_maximum_age() -> None:
+    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 7)}))
+    rig.local.store(rig.ref, entry(b"local", 7))
+    rig.clock.now += rig.local.settings.max_age_s + 1
+    assert rig.local.lookup(rig.ref).record is None
+
+
+async def test_a_local_copy_reseeds_redis_only_when_its_version_is_known_current() -> None:
+    rig = Rig()
+    rig.local.store(rig.ref, entry(b"local", 3))
+    result = await rig.router.get(rig.ref)  # primary miss: the local copy answers
+    assert (result.entry.value, result.tier) == (b"local", "local")
+    await rig.router.drain()
+    assert rig.ref.rkey not in rig.primary.data  # nothing says seq 3 is still the newest
+    rig.versions.note("default", "k", 3)  # the announcement of that very version
+    await rig.router.get(rig.ref)
+    await rig.router.drain()
+    assert rig.primary.data[rig.ref.rkey] == entry(b"local", 3)
