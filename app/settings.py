@@ -277,6 +277,7 @@ class Settings(BaseSettings):
     trace_keys_plainly: bool = Field(
         default=False, description="Put keys in span attributes as they are, not as hashes."
     )
+
     @model_validator(mode="after")
     def _local_age(self) -> Settings:
         if self.local.max_age_s > self.feed.versions_ttl_s:
