@@ -5,6 +5,12 @@ SHA-256 of the secret (to check it, in constant time); the secret itself is show
 key is made, and never stored or logged. Every process keeps the table in memory and reloads it
 every ``refresh_s``, so a revoked key stops working within that time in every process.
 
+A key this process has not heard of (made a moment ago) is looked up in the store by its prefix
+at once, one lookup per prefix at a time; a prefix the store does not know is remembered as
+unknown for ``refresh_s``, and lookups are limited to ``LOOKUPS_PER_S`` per process, so random
+keys cannot flood Postgres. While the table cannot be loaded at all (Postgres down since start),
+the answer is 503 ``auth-unavailable``, never 401: the key may well be valid.
+
 Each key has a token bucket (per process): ``rate_per_s`` refill, ``burst`` capacity.
 """
 
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -23,12 +30,14 @@ from dataclasses import dataclass, field
 
 from app import tasks
 from app.errors import (
+    AuthUnavailableError,
     ForbiddenError,
     RateLimitedError,
     StoreError,
     UnauthenticatedError,
 )
 from app.settings import AuthSettings
+from app.singleflight import SingleFlight
 from app.store import ApiKeyRow, Store
 
 log = logging.getLogger(__name__)
@@ -94,6 +103,11 @@ class _Bucket:
 
 
 MAX_VERIFIED = 10_000
+MAX_UNKNOWN = 10_000  # prefixes remembered as unknown to the store
+LOOKUPS_PER_S = 20.0  # store lookups of unknown prefixes, per process (burst: as many)
+RELOAD_RETRY_S = 1.0  # while the table has never loaded: one attempt per this, on demand
+LOOKUP_TIMEOUT_S = 1.0
+PREFIX_CHARS = frozenset("0123456789abcdef")
 
 
 @dataclass
@@ -109,6 +123,13 @@ class ApiKeys:
     # Authorization headers already checked against the current table (cleared with it), so a
     # key's hash is computed once per table, not once per request.
     _verified: dict[bytes, Principal] = field(default_factory=dict)
+    # Prefixes the store did not know, until when (clock time); dropped with the table too.
+    _unknown: dict[str, float] = field(default_factory=dict)
+    _lookups: SingleFlight[ApiKeyRow | None] = field(
+        default_factory=lambda: SingleFlight("auth", max_waiters=1_000_000)
+    )
+    _lookup_budget: _Bucket | None = None
+    _reload_tried_at: float = -1e9
     _task: asyncio.Task[None] | None = None
     loaded: bool = False
 
@@ -137,6 +158,7 @@ class ApiKeys:
                 log.warning("API key reload failed (keeping the last table): %s", exc)
 
     async def reload(self) -> None:
+        self._reload_tried_at = self.clock()
         rows = await self.store.api_keys(deadline=asyncio.get_running_loop().time() + 2.0)
         self.use(rows)
 
@@ -144,6 +166,7 @@ class ApiKeys:
         """Take ``rows`` as the key table; a key whose limits changed gets a fresh bucket."""
         self._keys = {row.prefix: row for row in rows if row.revoked_at is None}
         self._verified = {}
+        self._unknown = {}
         for prefix, (limits, _) in list(self._buckets.items()):
             row = self._keys.get(prefix)
             if row is None or limits != self._limits(row):
@@ -155,8 +178,9 @@ class ApiKeys:
         burst = row.burst if row is not None and row.burst else self.settings.burst
         return rate, float(burst)
 
-    def authenticate(self, authorization: bytes | None) -> Principal:
-        """The caller of a request from its ``Authorization`` header, or UnauthenticatedError."""
+    async def authenticate(self, authorization: bytes | None) -> Principal:
+        """The caller of a request from its ``Authorization`` header, or UnauthenticatedError
+        (AuthUnavailableError when the key table cannot be loaded to tell)."""
         if not self.enabled:
             return Principal(self.settings.default_namespace, frozenset(SCOPES))
         if authorization is None:
@@ -168,18 +192,63 @@ class ApiKeys:
         if scheme.lower() != "bearer" or not token.strip():
             raise UnauthenticatedError("use Authorization: Bearer <key>")
         parts = split_token(token.strip())
-        row = None if parts is None else self._keys.get(parts[0])
-        if (
-            parts is None
-            or row is None
-            or not hmac.compare_digest(hash_secret(parts[1]), row.secret_hash)
-        ):
+        if parts is None:
+            raise UnauthenticatedError("the API key is not valid (unknown, revoked or mistyped)")
+        if not self.loaded:
+            await self._load_on_demand()
+        row = self._keys.get(parts[0])
+        if row is None:
+            row = await self._look_up(parts[0])
+        if row is None or not hmac.compare_digest(hash_secret(parts[1]), row.secret_hash):
             raise UnauthenticatedError("the API key is not valid (unknown, revoked or mistyped)")
         principal = Principal(row.namespace, frozenset(row.scopes), row.prefix)
         if len(self._verified) >= MAX_VERIFIED:
             self._verified.clear()
         self._verified[authorization] = principal
         return principal
+
+    async def _load_on_demand(self) -> None:
+        """The table has never loaded (Postgres down since start): try now, at most once per
+        ``RELOAD_RETRY_S`` (requests meanwhile share the attempt), else AuthUnavailableError."""
+        if self.clock() - self._reload_tried_at >= RELOAD_RETRY_S:
+            deadline = asyncio.get_running_loop().time() + 2.0
+            with contextlib.suppress(StoreError):
+                await self._lookups.do(("reload",), self._reload_none, deadline=deadline)
+        if not self.loaded:
+            raise AuthUnavailableError(
+                "the API key table cannot be loaded from the store; retry shortly"
+            )
+
+    async def _reload_none(self) -> None:
+        await self.reload()
+
+    async def _look_up(self, prefix: str) -> ApiKeyRow | None:
+        """A key the table does not have: ask the store (made a moment ago?), within bounds."""
+        now = self.clock()
+        if len(prefix) != 8 or not PREFIX_CHARS.issuperset(prefix):
+            return None  # not a prefix this gateway makes
+        if self._unknown.get(prefix, 0.0) > now:
+            return None
+        budget = self._lookup_budget
+        if budget is None:
+            budget = self._lookup_budget = _Bucket(LOOKUPS_PER_S, LOOKUPS_PER_S, LOOKUPS_PER_S, now)
+        if budget.take(now) > 0:
+            return None  # over the lookup budget: unknown, as far as this process knows
+        deadline = asyncio.get_running_loop().time() + LOOKUP_TIMEOUT_S
+        try:
+            row = await self._lookups.do(
+                prefix, functools.partial(self.store.api_key, prefix, deadline=deadline),
+                deadline=deadline,
+            )  # fmt: skip
+        except (StoreError, TimeoutError) as exc:
+            raise AuthUnavailableError("the API key cannot be checked against the store") from exc
+        if row is None or row.revoked_at is not None:
+            if len(self._unknown) >= MAX_UNKNOWN:
+                self._unknown.clear()
+            self._unknown[prefix] = now + self.settings.refresh_s
+            return None
+        self._keys[prefix] = row
+        return row
 
     def admit(self, principal: Principal) -> None:
         """Take a token from the key's bucket, or RateLimitedError with the wait."""

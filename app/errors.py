@@ -20,6 +20,7 @@ driver exceptions. ``app/api/problems.py`` is the one place that maps them to HT
      │   ├─ CoalescingOverflowError too many requests already wait for this key's load
      │   └─ OverloadedError        this process sheds load: a node's local queue is full
      ├─ NotCachedError             only-if-cached, and no cache tier holds the key within policy
+     ├─ AuthUnavailableError       the key table cannot be read from the store: no verdict
      ├─ AccessError                the caller may not do this; nothing was read or written
      │   ├─ UnauthenticatedError   no valid API key
      │   ├─ ForbiddenError         the key lacks the scope the operation needs
@@ -122,6 +123,11 @@ class OverloadedError(NoAnswerError):
 
 class NotCachedError(CachegwError):
     """Raised for ``Cache-Control: only-if-cached`` when no cache tier can answer."""
+
+
+class AuthUnavailableError(CachegwError):
+    """Raised when an API key cannot be checked because the key table cannot be loaded from
+    the store (nor the key looked up): not the caller's fault, so 503, never 401."""
 
 
 class AccessError(CachegwError):

@@ -18,7 +18,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import logs, telemetry, tracing
 from app.api import admin, docs, handlers, health, keys, lean, problems
-from app.errors import AccessError, HeadersTooLargeError, RequestError, TargetTooLongError
+from app.errors import (
+    AccessError,
+    AuthUnavailableError,
+    HeadersTooLargeError,
+    RequestError,
+    TargetTooLongError,
+)
 from app.gateway import Gateway
 from app.settings import Settings
 
@@ -117,10 +123,10 @@ class GatewayApp(FastAPI):
             if needed is not None:
                 gateway: Gateway = self.state.gateway
                 try:
-                    principal = gateway.auth.authenticate(authorization)
+                    principal = await gateway.auth.authenticate(authorization)
                     principal.require(needed)
                     gateway.auth.admit(principal)
-                except AccessError as exc:
+                except (AccessError, AuthUnavailableError) as exc:
                     telemetry.AUTH_REFUSALS.labels(reason=type(exc).__name__).inc()
                     await problems.error_response(exc, instance=scope["path"])(
                         scope, receive, send_with_id

@@ -147,6 +147,10 @@ SQL_API_KEYS = """
 SELECT prefix, secret_hash, namespace, scopes, rate_per_s, burst, description, created_at,
        revoked_at FROM api_keys ORDER BY id
 """
+SQL_API_KEY_BY_PREFIX = """
+SELECT prefix, secret_hash, namespace, scopes, rate_per_s, burst, description, created_at,
+       revoked_at FROM api_keys WHERE prefix = $1
+"""
 SQL_API_KEY_CREATE = """
 INSERT INTO api_keys (prefix, secret_hash, namespace, scopes, rate_per_s, burst, description)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -572,6 +576,15 @@ class Store:
             ApiKeyRow(r[0], bytes(r[1]), r[2], tuple(r[3]), r[4], r[5], r[6], r[7], r[8])
             for r in rows
         ]
+
+    async def api_key(self, prefix: str, *, deadline: float) -> ApiKeyRow | None:
+        """One API key by its prefix (one this process's table does not have yet)."""
+        r = await self._run(
+            "api_key_lookup", "fetchrow", SQL_API_KEY_BY_PREFIX, prefix, deadline=deadline
+        )
+        if r is None:
+            return None
+        return ApiKeyRow(r[0], bytes(r[1]), r[2], tuple(r[3]), r[4], r[5], r[6], r[7], r[8])
 
     async def create_api_key(
         self,

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from app.errors import (
+    AuthUnavailableError,
     CachegwError,
     ForbiddenError,
     HeadersTooLargeError,
@@ -94,6 +95,10 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
                     "No cache tier could answer within policy and the store could not either."),
         ProblemType("unauthenticated", 401, "Unauthenticated",
                     "Send a valid API key: Authorization: Bearer cg_<prefix>_<secret>."),
+        ProblemType("auth-unavailable", 503, "Authentication unavailable",
+                    "The gateway cannot read its API keys from the store right now, so it cannot "
+                    "tell whether this key is valid. Retry after Retry-After; nothing was read "
+                    "or written."),
         ProblemType("forbidden", 403, "Forbidden",
                     "The API key is valid but lacks the scope (read, write, admin) this needs."),
         ProblemType("rate-limited", 429, "Too many requests",
@@ -150,6 +155,10 @@ def error_response(exc: Exception, *, instance: str | None = None) -> Response:
                 "unauthenticated", str(exc), instance=instance,
                 headers={"WWW-Authenticate": 'Bearer realm="cachegw"'},
             )  # fmt: skip
+        case AuthUnavailableError():
+            return typed_problem(
+                "auth-unavailable", str(exc), instance=instance, headers={"Retry-After": "1"}
+            )
         case ForbiddenError():
             return typed_problem("forbidden", str(exc), instance=instance)
         case RateLimitedError():

@@ -35,9 +35,11 @@ class TcpProxy:
         else:
             self._flowing.set()
 
-    async def start(self) -> None:
+    async def start(self, *, port: int = 0) -> None:
         self._flowing.set()
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(
+            self._accept, "127.0.0.1", port, reuse_address=True
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def aclose(self) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from app.devstack import Stack
 from tests.integration.conftest import cli, create_key, gateway_client, settings_for
+from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.test_api_keys import assert_problem, new_key
 
 
@@ -124,3 +125,60 @@ async def test_metrics_can_require_the_admin_scope(stack: Stack) -> None:
         assert_problem(await client.get("/metrics"), 403)
     async with gateway_client(settings) as (admin, _):
         assert (await admin.get("/metrics")).status_code == 200
+
+
+async def test_a_key_made_a_moment_ago_works_at_once(stack: Stack) -> None:
+    settings = settings_for(stack, auth={"refresh_s": 300})  # no reload during the test
+    async with gateway_client(settings) as (client, _):
+        fresh = await asyncio.to_thread(create_key, stack, "default", "read")
+        reply = await client.get(
+            f"/v1/keys/{new_key()}", headers={"Authorization": f"Bearer {fresh}"}
+        )
+        assert reply.status_code == 404  # authenticated: the key itself is just absent
+
+
+async def test_random_keys_cost_the_store_a_bounded_number_of_lookups(stack: Stack) -> None:
+    from prometheus_client import REGISTRY
+
+    def lookups() -> float:
+        labels = {"operation": "api_key_lookup", "outcome": "ok"}
+        return REGISTRY.get_sample_value("cachegw_store_queries_total", labels) or 0.0
+
+    settings = settings_for(stack, auth={"refresh_s": 300})
+    async with gateway_client(settings) as (client, _):
+        before = lookups()
+        for i in range(200):
+            token = f"cg_{i:08x}_not-a-real-secret"
+            reply = await client.get("/v1/keys/x", headers={"Authorization": f"Bearer {token}"})
+            assert reply.status_code == 401
+        for _ in range(100):  # the same unknown key again: remembered as unknown
+            reply = await client.get(
+                "/v1/keys/x", headers={"Authorization": "Bearer cg_00000000_x"}
+            )
+            assert reply.status_code == 401
+        assert lookups() - before <= 60  # the lookup budget's burst, not one per request
+
+
+async def test_a_gateway_that_cannot_load_its_keys_answers_503_not_401(stack: Stack) -> None:
+    proxy = TcpProxy(("127.0.0.1", stack.config.pg_port))
+    await proxy.start()
+    port = proxy.port
+    await proxy.aclose()  # nothing listens there: Postgres is "down" for this gateway
+    dsn = stack.pg_dsn.replace(f":{stack.config.pg_port}/", f":{port}/")
+    settings = settings_for(stack, pg={"dsn": dsn, "connect_timeout_s": 0.5})
+    async with gateway_client(settings) as (client, _):
+        reply = await client.get(f"/v1/keys/{new_key()}")
+        body = assert_problem(reply, 503)
+        assert body["type"] == "/problems/auth-unavailable"
+        assert "retry-after" in reply.headers
+        proxy = TcpProxy(("127.0.0.1", stack.config.pg_port))
+        await proxy.start(port=port)  # Postgres is back
+        try:
+            for _ in range(40):  # the table is loaded on the next request that needs it
+                reply = await client.get(f"/v1/keys/{new_key()}")
+                if reply.status_code != 503:
+                    break
+                await asyncio.sleep(0.1)
+            assert reply.status_code == 404
+        finally:
+            await proxy.aclose()

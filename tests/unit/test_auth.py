@@ -30,8 +30,24 @@ def row(prefix: str, secret: str, **fields: Any) -> ApiKeyRow:
     return ApiKeyRow(**(values | fields))
 
 
+class KeyStore:
+    """What the key table asks of the store: every row, or one by its prefix."""
+
+    def __init__(self, rows: list[ApiKeyRow]) -> None:
+        self.rows = rows
+        self.lookups = 0
+
+    async def api_keys(self, *, deadline: float) -> list[ApiKeyRow]:
+        return list(self.rows)
+
+    async def api_key(self, prefix: str, *, deadline: float) -> ApiKeyRow | None:
+        self.lookups += 1
+        return next((r for r in self.rows if r.prefix == prefix), None)
+
+
 def keys(*rows: ApiKeyRow, clock: Clock | None = None, **settings: Any) -> ApiKeys:
-    table = ApiKeys(cast(Store, None), AuthSettings(**settings), clock=clock or Clock())
+    store = KeyStore(list(rows))
+    table = ApiKeys(cast(Store, store), AuthSettings(**settings), clock=clock or Clock())
     table.use(list(rows))
     return table
 
@@ -42,18 +58,18 @@ def test_split_token() -> None:
         assert split_token(bad) is None, bad
 
 
-def test_a_made_key_authenticates_and_only_its_hash_is_kept() -> None:
+async def test_a_made_key_authenticates_and_only_its_hash_is_kept() -> None:
     new = make_key()
     assert new.token.startswith(f"cg_{new.prefix}_")
     secret = new.token.split("_", 2)[2]  # the secret may itself contain "_"
     assert new.secret_hash == hash_secret(secret)
     assert secret.encode() not in new.secret_hash
     table = keys(row(new.prefix, secret))
-    principal = table.authenticate(f"Bearer {new.token}".encode())
+    principal = await table.authenticate(f"Bearer {new.token}".encode())
     assert (principal.namespace, principal.scopes, principal.key_prefix) == (
         "team-a", frozenset({"read"}), new.prefix,
     )  # fmt: skip
-    assert table.authenticate(f"bearer   {new.token}  ".encode()).namespace == "team-a"
+    assert (await table.authenticate(f"bearer   {new.token}  ".encode())).namespace == "team-a"
 
 
 @pytest.mark.parametrize(
@@ -63,21 +79,21 @@ def test_a_made_key_authenticates_and_only_its_hash_is_kept() -> None:
         b"Bearer cg_abcd1234_wrong", b"Bearer cg_unknown1_secret", b"Bearer abcd1234",
     ],
 )  # fmt: skip
-def test_what_does_not_authenticate(header: bytes | None) -> None:
+async def test_what_does_not_authenticate(header: bytes | None) -> None:
     table = keys(row("abcd1234", "secret"))
     with pytest.raises(UnauthenticatedError) as caught:
-        table.authenticate(header)
+        await table.authenticate(header)
     assert b"secret" not in str(caught.value).encode()
 
 
-def test_a_revoked_key_does_not_authenticate() -> None:
+async def test_a_revoked_key_does_not_authenticate() -> None:
     table = keys(row("abcd1234", "secret", revoked_at=datetime.now(UTC)))
     with pytest.raises(UnauthenticatedError):
-        table.authenticate(b"Bearer cg_abcd1234_secret")
+        await table.authenticate(b"Bearer cg_abcd1234_secret")
 
 
-def test_scopes() -> None:
-    principal = keys(row("abcd1234", "secret", scopes=("read", "write"))).authenticate(
+async def test_scopes() -> None:
+    principal = await keys(row("abcd1234", "secret", scopes=("read", "write"))).authenticate(
         b"Bearer cg_abcd1234_secret"
     )
     principal.require("read")
@@ -86,17 +102,17 @@ def test_scopes() -> None:
         principal.require("admin")
 
 
-def test_disabled_auth_gives_everyone_the_default_namespace_and_every_scope() -> None:
-    principal = keys(enabled=False, default_namespace="shared").authenticate(None)
+async def test_disabled_auth_gives_everyone_the_default_namespace_and_every_scope() -> None:
+    principal = await keys(enabled=False, default_namespace="shared").authenticate(None)
     assert principal.namespace == "shared"
     assert principal.scopes == {"read", "write", "admin"}
     assert principal.key_prefix is None
 
 
-def test_token_bucket_burst_then_refill() -> None:
+async def test_token_bucket_burst_then_refill() -> None:
     clock = Clock()
     table = keys(row("abcd1234", "secret", rate_per_s=2.0, burst=3), clock=clock)
-    principal = table.authenticate(b"Bearer cg_abcd1234_secret")
+    principal = await table.authenticate(b"Bearer cg_abcd1234_secret")
     for _ in range(3):
         table.admit(principal)
     with pytest.raises(RateLimitedError) as caught:
@@ -113,24 +129,24 @@ def test_token_bucket_burst_then_refill() -> None:
         table.admit(principal)
 
 
-def test_default_limits_apply_and_zero_means_unlimited() -> None:
+async def test_default_limits_apply_and_zero_means_unlimited() -> None:
     clock = Clock()
     limited = keys(row("abcd1234", "secret"), clock=clock, rate_per_s=0.1, burst=1)
-    principal = limited.authenticate(b"Bearer cg_abcd1234_secret")
+    principal = await limited.authenticate(b"Bearer cg_abcd1234_secret")
     limited.admit(principal)
     with pytest.raises(RateLimitedError) as caught:
         limited.admit(principal)
     assert caught.value.retry_after_s == 10
     unlimited = keys(row("abcd1234", "secret"), clock=clock)
-    principal = unlimited.authenticate(b"Bearer cg_abcd1234_secret")
+    principal = await unlimited.authenticate(b"Bearer cg_abcd1234_secret")
     for _ in range(10_000):
         unlimited.admit(principal)
 
 
-def test_a_changed_limit_takes_effect_at_the_next_reload() -> None:
+async def test_a_changed_limit_takes_effect_at_the_next_reload() -> None:
     clock = Clock()
     table = keys(row("abcd1234", "secret", rate_per_s=1.0, burst=1), clock=clock)
-    principal = table.authenticate(b"Bearer cg_abcd1234_secret")
+    principal = await table.authenticate(b"Bearer cg_abcd1234_secret")
     table.admit(principal)
     with pytest.raises(RateLimitedError):
         table.admit(principal)
@@ -139,19 +155,48 @@ def test_a_changed_limit_takes_effect_at_the_next_reload() -> None:
         table.admit(principal)
 
 
-def test_a_checked_key_is_remembered_until_the_table_reloads() -> None:
+async def test_a_checked_key_is_remembered_until_the_table_reloads() -> None:
     table = keys(row("abcd1234", "secret"))
     header = b"Bearer cg_abcd1234_secret"
-    assert table.authenticate(header) is table.authenticate(header)  # checked once
-    table.use([row("abcd1234", "secret", revoked_at=datetime.now(UTC))])
+    assert await table.authenticate(header) is await table.authenticate(header)  # checked once
+    revoked = [row("abcd1234", "secret", revoked_at=datetime.now(UTC))]
+    cast(KeyStore, table.store).rows = revoked
+    table.use(revoked)
     with pytest.raises(UnauthenticatedError):
-        table.authenticate(header)
+        await table.authenticate(header)
 
 
-def test_a_failed_check_is_not_remembered() -> None:
+async def test_a_failed_check_is_not_remembered() -> None:
     table = keys()
     header = b"Bearer cg_abcd1234_secret"
     with pytest.raises(UnauthenticatedError):
-        table.authenticate(header)
+        await table.authenticate(header)
     table.use([row("abcd1234", "secret")])  # the key is made afterwards
-    assert table.authenticate(header).key_prefix == "abcd1234"
+    assert (await table.authenticate(header)).key_prefix == "abcd1234"
+
+
+async def test_a_key_the_table_does_not_have_is_looked_up_once_and_kept() -> None:
+    table = keys()
+    store = cast(KeyStore, table.store)
+    store.rows = [row("abcd1234", "secret")]  # made after the table was loaded
+    header = b"Bearer cg_abcd1234_secret"
+    assert (await table.authenticate(header)).key_prefix == "abcd1234"
+    assert (await table.authenticate(b"Bearer  cg_abcd1234_secret")).key_prefix == "abcd1234"
+    assert store.lookups == 1
+
+
+async def test_unknown_prefixes_are_remembered_and_lookups_are_budgeted() -> None:
+    clock = Clock()
+    table = keys(clock=clock)
+    store = cast(KeyStore, table.store)
+    for _ in range(5):
+        with pytest.raises(UnauthenticatedError):
+            await table.authenticate(b"Bearer cg_00000000_x")
+    assert store.lookups == 1  # remembered as unknown for refresh_s
+    for i in range(100):
+        with pytest.raises(UnauthenticatedError):
+            await table.authenticate(f"Bearer cg_{i + 1:08x}_x".encode())
+    assert store.lookups <= 1 + 20  # the per-process lookup budget's burst
+    with pytest.raises(UnauthenticatedError):
+        await table.authenticate(b"Bearer cg_nothex!!_x")  # not a prefix we make: not asked
+    assert store.lookups <= 21

@@ -22,6 +22,7 @@ CASES: list[tuple[Exception, int, str]] = [
     (errors.NoAnswerError("none", retry_after_s=2), 503, "/problems/no-answer"),
     (errors.TierTimeoutError("slow", route="primary"), 503, "/problems/no-answer"),
     (errors.UnauthenticatedError("no key"), 401, "/problems/unauthenticated"),
+    (errors.AuthUnavailableError("no table"), 503, "/problems/auth-unavailable"),
     (errors.ForbiddenError("no scope"), 403, "/problems/forbidden"),
     (errors.RateLimitedError("slow down", retry_after_s=3), 429, "/problems/rate-limited"),
     (errors.HeadersTooLargeError("big"), 431, "/problems/headers-too-large"),
