@@ -78,9 +78,12 @@ class Tombstone(NamedTuple):
 
 
 def lock_key(rkey: bytes) -> bytes | None:
-    """A key for the load lock of ``rkey`` that hashes to the same slot (None if none does)."""
+    """A key for the load lock of ``rkey`` that hashes to the same slot (None if none does).
+
+    It carries a NUL byte, which no caller's key may contain, so it is never a caller's key.
+    """
     slot = key_slot(rkey)
-    for candidate in (rkey + b":lock", b"{" + rkey + b"}:lock"):
+    for candidate in (rkey + b"\x00lock", b"{" + rkey + b"}\x00lock"):
         if key_slot(candidate) == slot:
             return candidate
     return None

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 CATCH_UP_MARGIN_S = 1.0
 CATCH_UP_LIMIT = 100_000
+MAX_BROKEN_GENERATIONS = 64
 
 
 _SEQ_BITS = 64
@@ -127,6 +128,8 @@ class FeedState:
 
     def restored(self, *, caught_up: bool) -> None:
         if not caught_up:
+            if len(self.broken_at) >= MAX_BROKEN_GENERATIONS:  # the oldest: no copy is that old
+                del self.broken_at[min(self.broken_at)]
             self.broken_at[self.generation] = (
                 self.down_since if self.down_since is not None else self.clock()
             )

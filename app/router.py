@@ -41,6 +41,7 @@ from app.errors import (
     NotCachedError,
     OverloadedError,
     RedirectLoopError,
+    StoreConflictError,
     StoreError,
     StoreUnavailableError,
     TierError,
@@ -583,13 +584,18 @@ class FallbackRouter:
         await self._apply(ref, entry, result.outbox_id)
         return result
 
-    async def delete(self, ref: KeyRef, *, if_match: list[int] | None = None) -> RemoveResult:
-        """Delete durably, then leave a tombstone in the caches. ``KeyNotFoundError`` if absent."""
+    async def delete(
+        self, ref: KeyRef, *, if_match: list[int] | None = None, if_exists: bool = False
+    ) -> RemoveResult:
+        """Delete durably, then leave a tombstone in the caches. ``KeyNotFoundError`` if absent
+        (``StoreConflictError`` with ``if_exists``, which is ``If-Match: *``)."""
         deadline = asyncio.get_running_loop().time() + self.write_deadline_s
         result = await self.store.delete(
             ref.namespace, ref.key, if_match=if_match, deadline=deadline
         )
         if result is None:
+            if if_exists:
+                raise StoreConflictError("If-Match: * and no current entry", current_version=None)
             raise KeyNotFoundError(ref.key)
         await self._remove(ref, result)
         return result
@@ -637,7 +643,14 @@ class FallbackRouter:
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._landed)
+
+    def _landed(self, task: asyncio.Task[Any]) -> None:
+        """A background fill or refresh ended; its failure (the store or Redis down) has been
+        counted where it happened, and is retrieved here, not left to asyncio's warnings."""
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.debug("background cache work failed: %s", exc)
 
     async def drain(self) -> None:
         """Wait for background fills (at shutdown, and in tests)."""

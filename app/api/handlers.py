@@ -151,11 +151,13 @@ async def put(gateway: Gateway, scope: Scope, body: AsyncIterator[bytes]) -> Ans
 
 
 async def delete(gateway: Gateway, scope: Scope) -> Answer:
-    """DELETE of a key: 204 once the store committed; 404 when absent."""
+    """DELETE of a key: 204 once the store committed; 404 when absent (412 with If-Match)."""
     key = _key(gateway, scope)
-    if_match, _ = _match(header(scope, b"if-match"))
+    if_match, if_exists = _match(header(scope, b"if-match"))
     router = gateway.router
-    await router.delete(router.ref(_namespace(gateway, scope), key), if_match=if_match)
+    await router.delete(
+        router.ref(_namespace(gateway, scope), key), if_match=if_match, if_exists=if_exists
+    )
     return 204, [], b""
 
 

@@ -20,7 +20,6 @@ from app.errors import (
 from app.router import ReadPolicy, ReadResult
 from app.settings import StalenessSettings
 
-KEYS_PREFIX = b"/v1/keys/"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 MAX_CONTENT_TYPE_LENGTH = 255
 CACHE_NAME = "cachegw"
@@ -87,9 +86,12 @@ def key_from_raw_path(raw_path: bytes, *, max_bytes: int) -> str:
     """The key in ``/v1/keys/{key}[/...]``, percent-decoded strictly as UTF-8, then validated.
 
     The raw path is used (not the router's decoded one) so that malformed percent-encoding and
-    invalid UTF-8 are refused instead of being replaced by U+FFFD.
+    invalid UTF-8 are refused instead of being replaced by U+FFFD. The key is its fourth
+    segment (``/v1/keys/<key>``), however the first ones were spelled (``/v1/%6Beys/...`` is
+    routed here too): never cut at the decoded prefix's length.
     """
-    segment = raw_path[len(KEYS_PREFIX) :].split(b"/", 1)[0].split(b"?", 1)[0]
+    parts = raw_path.split(b"?", 1)[0].split(b"/", 4)
+    segment = parts[3] if len(parts) > 3 else b""
     if b"%" in segment:
         if re.search(rb"%(?![0-9A-Fa-f]{2})", segment):
             raise InvalidKeyError("the key has malformed percent-encoding")

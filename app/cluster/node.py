@@ -259,8 +259,11 @@ class NodeClient:
                 batch[index:], NodeBusyError(f"{self.name}: client closing", route=self.name)
             )
             raise
-        except BaseException as exc:
+        except Exception as exc:
             self._fail(batch[index:], translate(exc, route=self.name))
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: answer the callers, go on
+            self._fail(batch[index:], translate(exc, route=self.name))
+            raise
         finally:
             await self._checkin(conn, healthy=healthy)
 

@@ -13,7 +13,6 @@ refresh within ``refresh_min_interval_s`` of the last one is dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import random
@@ -22,7 +21,7 @@ from dataclasses import replace
 
 from redis import exceptions as rex
 
-from app import telemetry, tracing
+from app import tasks, telemetry, tracing
 from app.breaker import Breaker, BreakerBoard
 from app.cluster.errors import translate
 from app.cluster.node import NodeClient, NodeOptions, Reply
@@ -81,10 +80,7 @@ class SlotRouter:
 
     async def aclose(self) -> None:
         for task in (self._periodic_task, self._refresh_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await tasks.stop(task)
         clients, self._clients = list(self._clients.values()), {}
         await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
 
@@ -311,6 +307,11 @@ class SlotRouter:
                 routes.add(f"primary@{format_address(shard.primary)}")
                 routes.update(f"replica@{format_address(r)}" for r in shard.replicas)
             self.breakers.retain(lambda route: "@" not in route or route in routes)
+            self._breaker_cache = {
+                key: breaker
+                for key, breaker in self._breaker_cache.items()
+                if breaker.route in routes
+            }
 
 
 def _pairs(flat: object) -> dict[bytes, object]:

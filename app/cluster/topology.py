@@ -13,6 +13,7 @@ node's role is not what the slot map says (a failover the map has not seen yet).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -154,6 +155,8 @@ class TopologyWatcher:
         for address in list(self.health):
             if address not in nodes:
                 del self.health[address]
+                with contextlib.suppress(KeyError):  # its gauge goes with it
+                    telemetry.REPLICA_LAG.remove(format_address(address))
         self._derive_lag()
         self._publish()
 

@@ -183,6 +183,15 @@ async def test_delete_leaves_a_tombstone_and_the_key_is_gone(
     assert (await client.get(f"/v1/keys/{key}")).content == b"back"
 
 
+async def test_delete_if_match_star_needs_a_current_entry(client: httpx.AsyncClient) -> None:
+    """RFC 9110 13.1.1: ``If-Match: *`` is false when there is no current representation."""
+    key = new_key()
+    reply = await client.delete(f"/v1/keys/{key}", headers={"If-Match": "*"})
+    assert assert_problem(reply, 412)["type"] == "/problems/precondition-failed"
+    await client.put(f"/v1/keys/{key}", content=b"v")
+    assert (await client.delete(f"/v1/keys/{key}", headers={"If-Match": "*"})).status_code == 204
+
+
 async def test_head_has_the_headers_and_no_body(client: httpx.AsyncClient) -> None:
     key = new_key()
     await client.put(f"/v1/keys/{key}", content=b"12345", headers={"Content-Type": "text/plain"})

@@ -2,7 +2,16 @@ from __future__ import annotations
 
 import pytest
 
-from app.codec import Entry, Tombstone, decode, encode_entry, encode_tombstone, redis_key
+from app.cluster.slots import key_slot
+from app.codec import (
+    Entry,
+    Tombstone,
+    decode,
+    encode_entry,
+    encode_tombstone,
+    lock_key,
+    redis_key,
+)
 
 
 @pytest.mark.parametrize("value", [b"", bytes(range(256)), b"\n\n V 1 2 3\n", b"x" * 100_000])
@@ -48,3 +57,16 @@ def test_expiry_helpers() -> None:
 
 def test_redis_key_keeps_hash_tags_of_the_callers_key() -> None:
     assert redis_key("cg", "default", "{user:1}:a") == b"cg:default:{user:1}:a"
+
+
+@pytest.mark.parametrize("key", ["{t}x", "plain", "{}empty-tag", "a}b{c"])
+def test_no_callers_key_is_the_load_lock_of_another(key: str) -> None:
+    """A lock key has a byte no caller's key may contain (audit §15: ``{t}x:lock`` was the lock
+    of ``{t}x``); it still hashes to the slot of the key it locks."""
+    rkey = redis_key("cg", "default", key)
+    lock = lock_key(rkey)
+    if lock is None:
+        return  # no lock key in that slot: coalescing stays in the process
+    assert lock != redis_key("cg", "default", f"{key}:lock")
+    assert b"\x00" in lock
+    assert key_slot(lock) == key_slot(rkey)

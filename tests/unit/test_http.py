@@ -29,6 +29,15 @@ def test_keys_are_percent_decoded_strictly() -> None:
     assert key(b"a" * 512) == "a" * 512
 
 
+def test_the_key_is_the_path_segment_the_route_matched_however_it_is_spelled() -> None:
+    """Routing decodes the path; the key is cut from the raw path, segment by segment, so a
+    prefix spelled with percent-escapes does not shift it (audit §16: ``/v1/%6Beys/abc`` read
+    the key ``s``)."""
+    assert key_from_raw_path(b"/v1/%6Beys/abc", max_bytes=512) == "abc"
+    assert key_from_raw_path(b"/%761/keys/zz", max_bytes=512) == "zz"
+    assert key_from_raw_path(b"/v1/keys/a%41/invalidate", max_bytes=512) == "aA"
+
+
 @pytest.mark.parametrize(
     "raw",
     [
