@@ -239,7 +239,10 @@ class NodeClient:
         index = 0
         try:
             if not conn.is_connected:
-                await conn.connect()  # type: ignore[no-untyped-call]
+                # The whole handshake (TCP, TLS, AUTH, READONLY) under the connect timeout: a
+                # node that accepts and never answers must not keep the slot and the batch.
+                async with asyncio.timeout(self.options.connect_timeout_s):
+                    await conn.connect()  # type: ignore[no-untyped-call]
             chunks = pack(command for group in batch for command in group.commands)
             async with asyncio.timeout(self.options.socket_timeout_s):
                 await conn.send_packed_command(chunks, check_health=False)
