@@ -7,6 +7,7 @@ driver exceptions. ``app/api/problems.py`` is the one place that maps them to HT
     CachegwError
      ├─ TierError                  a cache tier could not answer this request; the router moves on
      │   ├─ TierUnavailableError   refused, reset, CLUSTERDOWN, LOADING, no slot owner, driver fault
+     │   │   └─ NodeGoneError      the node left the slot map: its client was closed
      │   ├─ TierTimeoutError       no answer within the tier's share of the request deadline
      │   ├─ RedirectLoopError      MOVED/ASK/TRYAGAIN did not settle within the redirect budget
      │   ├─ NodeBusyError          this process has too many commands queued for one node (local)
@@ -53,6 +54,11 @@ class TierError(CachegwError):
 
 class TierUnavailableError(TierError):
     """Raised when a node refuses, resets, reports CLUSTERDOWN/LOADING, or the driver faults."""
+
+
+class NodeGoneError(TierUnavailableError):
+    """Raised for commands to (or in flight on) a node client that was closed because the node
+    left the slot map: the request fails over, and the node's breaker records nothing."""
 
 
 class TierTimeoutError(TierError):

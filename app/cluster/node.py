@@ -24,7 +24,7 @@ from redis.asyncio.connection import Connection, SSLConnection
 
 from app.cluster.errors import translate
 from app.cluster.slots import Address, format_address
-from app.errors import NodeBusyError, TierTimeoutError
+from app.errors import NodeBusyError, NodeGoneError, TierTimeoutError
 
 Command = tuple[bytes | str | int, ...]
 # A reply is a decoded RESP value, or the ResponseError instance the server sent for it.
@@ -117,7 +117,7 @@ class NodeClient:
         """Queue a group of commands for the next batch; the future gets one reply per command."""
         loop = asyncio.get_running_loop()
         if self._closed:
-            raise NodeBusyError(f"{self.name}: client closed", route=self.name)
+            raise NodeGoneError(f"{self.name}: client closed", route=self.name)
         if self._in_flight >= self.options.max_in_flight:
             raise NodeBusyError(
                 f"{self.name}: {self._in_flight} commands in flight", route=self.name
@@ -259,7 +259,7 @@ class NodeClient:
             healthy = True
         except asyncio.CancelledError:
             self._fail(
-                batch[index:], NodeBusyError(f"{self.name}: client closing", route=self.name)
+                batch[index:], NodeGoneError(f"{self.name}: client closing", route=self.name)
             )
             raise
         except Exception as exc:
@@ -291,7 +291,7 @@ class NodeClient:
         """Stop taking commands, fail what is queued, wait for batches, close connections."""
         self._closed = True
         self._fail(
-            list(self._pending), NodeBusyError(f"{self.name}: client closed", route=self.name)
+            list(self._pending), NodeGoneError(f"{self.name}: client closed", route=self.name)
         )
         self._pending.clear()
         if self._batches:

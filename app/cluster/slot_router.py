@@ -29,6 +29,7 @@ from app.cluster.slots import Address, Shard, SlotMap, format_address, key_slot
 from app.errors import (
     BreakerOpenError,
     NodeBusyError,
+    NodeGoneError,
     RedirectLoopError,
     TierError,
     TierUnavailableError,
@@ -57,6 +58,7 @@ class SlotRouter:
         self.on_primaries_changed: Callable[[], None] = lambda: None
         self.breakers: BreakerBoard | None = None
         self._breaker_cache: dict[tuple[str, Address], Breaker] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._options = NodeOptions(
             connect_timeout_s=settings.connect_timeout_s,
             socket_timeout_s=settings.socket_timeout_s,
@@ -82,7 +84,9 @@ class SlotRouter:
         for task in (self._periodic_task, self._refresh_task):
             await tasks.stop(task)
         clients, self._clients = list(self._clients.values()), {}
-        await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
+        await asyncio.gather(
+            *(client.aclose() for client in clients), *self._closing, return_exceptions=True
+        )
 
     async def _periodic(self) -> None:
         while True:
@@ -217,8 +221,8 @@ class SlotRouter:
         started = loop.time()
         try:
             replies = await client.call(*commands, deadline=deadline)
-        except NodeBusyError:
-            breaker.release()  # local saturation is not the node's fault
+        except (NodeBusyError, NodeGoneError):
+            breaker.release()  # local saturation, or a client closed by us: not the node's fault
             raise
         except TierError:
             breaker.record(ok=False, duration_s=loop.time() - started)
@@ -299,7 +303,9 @@ class SlotRouter:
         keep = set(self.known_nodes())
         for key in [key for key in self._clients if key[0] not in keep]:
             client = self._clients.pop(key)
-            asyncio.get_running_loop().create_task(client.aclose())
+            task = asyncio.get_running_loop().create_task(client.aclose())
+            self._closing.add(task)  # a reference, so it is not collected mid-close
+            task.add_done_callback(self._closing.discard)
         if self.breakers is not None:
             # A node's breaker goes with the node, and with the role it no longer has.
             routes: set[str] = set()

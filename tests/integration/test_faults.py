@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -17,13 +18,14 @@ from app.cluster.slots import key_slot
 from app.codec import Entry, Tombstone
 from app.devstack import Stack
 from tests.integration.cluster_ops import (
+    key_in_node,
     migrate_slot_slowly,
     owner_of,
     primaries,
     redis_cli,
     reshard,
 )
-from tests.integration.conftest import auth_headers
+from tests.integration.conftest import auth_headers, gateway_client, settings_for
 from tests.integration.harness import Workload, gateway_process, metric, spread_keys
 from tests.integration.redis_direct import cached, restore
 
@@ -308,3 +310,54 @@ async def test_after_an_invalidate_a_replica_alone_does_not_serve_the_old_value(
             finally:
                 await asyncio.to_thread(stack.resume_node, int(owner["port"]))  # type: ignore[call-overload]
             assert (await b.get(f"/v1/keys/{key}")).content == b"old"  # the store keeps the value
+
+
+async def test_reads_in_flight_to_a_node_that_leaves_the_slot_map_fail_over(
+    healthy_stack: Stack,
+) -> None:
+    """Audit §11: when a refresh drops a node, its client is closed; the reads it still had in
+    flight were shed with 503 (as if this process were saturated) instead of failing over."""
+    stack = healthy_stack
+    victim = primaries(stack)[0]
+    nodes = stack.cluster_nodes()
+    replica = next(n for n in nodes if n["role"] == "replica" and n["primary_id"] == victim["id"])
+    entry_node = next(n for n in primaries(stack) if n["id"] != victim["id"])
+    settings = settings_for(
+        stack,
+        redis={
+            "nodes": f"127.0.0.1:{entry_node['port']}",
+            "primary_timeout_ms": 10_000,
+            "socket_timeout_s": 10,
+        },
+        read_deadline_ms=20_000,
+        breaker={"min_calls": 10_000},
+    )
+    async with gateway_client(settings) as (client, gateway):
+        keys = [key_in_node(stack, victim, f"leaves-{i}-{uuid.uuid4().hex[:6]}") for i in range(5)]
+        for key in keys:
+            assert (await client.put(f"/v1/keys/{key}", content=key.encode())).status_code == 201
+        port = int(victim["port"])  # type: ignore[call-overload]
+        await asyncio.to_thread(stack.pause_node, port)
+        try:
+            reads = [asyncio.ensure_future(client.get(f"/v1/keys/{key}")) for key in keys]
+            await asyncio.sleep(0.3)  # in flight: the paused node will not answer them
+            assert not any(read.done() for read in reads)
+            await asyncio.to_thread(
+                redis_cli,
+                int(replica["port"]),
+                "CLUSTER",
+                "FAILOVER",
+                "TAKEOVER",  # type: ignore[call-overload]
+            )
+            slot = key_slot(f"cg:default:{keys[0]}".encode())
+            for _ in range(100):  # bounded: 10 s
+                await gateway.slots.refresh("test")
+                shard = gateway.slots.map.slots[slot]
+                if shard is not None and shard.primary[1] != port:
+                    break
+                await asyncio.sleep(0.1)
+            replies = await asyncio.gather(*reads)
+        finally:
+            await asyncio.to_thread(stack.resume_node, port)
+        assert [r.status_code for r in replies] == [200] * len(keys), [r.text for r in replies]
+        assert [r.content for r in replies] == [key.encode() for key in keys]
