@@ -20,6 +20,7 @@ from app.store import Store
 from app.tiers.local import LocalTier
 from app.tiers.primary import PrimaryTier
 from app.tiers.replica import ReplicaTier
+from app.tiers.sizes import LargeValues
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ class Gateway:
         store.read_breaker = breakers.get("store", probe=store.probe)
         store.write_breaker = breakers.get("store-write", probe=store.probe, count_slow=False)
         degraded = DegradedMode(settings.degraded)
-        primary = PrimaryTier(slots, settings.redis)
+        large = LargeValues()  # shared: a key's size seen by one tier routes the other's reads
+        primary = PrimaryTier(slots, settings.redis, large=large)
         feed_state = FeedState()
         local = LocalTier(settings.local, feed_state)
         versions = VersionMap(
@@ -73,7 +75,7 @@ class Gateway:
         router = FallbackRouter(
             settings=settings,
             primary=primary,
-            replica=ReplicaTier(slots, watcher),
+            replica=ReplicaTier(slots, watcher, large=large),
             local=local,
             store=store,
             outbox=outbox,

@@ -30,7 +30,6 @@ Command = tuple[bytes | str | int, ...]
 # A reply is a decoded RESP value, or the ResponseError instance the server sent for it.
 Reply = Any
 
-MAX_GROUPS_PER_BATCH = 128
 # Arguments larger than this are written as their own chunk instead of being copied into one.
 LARGE_ARGUMENT_BYTES = 16384
 # A deadline timer that runs this much after its time says the event loop was behind.
@@ -77,6 +76,9 @@ class NodeOptions:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_check_hostname: bool = True
+    # Groups per batch: the bulk lane (large values) sends one at a time, each on a connection
+    # of its own, so that no reply queues behind megabytes of another's.
+    max_batch_groups: int = 128
 
 
 @dataclass(slots=True)
@@ -180,7 +182,7 @@ class NodeClient:
             if conn is None:
                 return  # every connection is busy; a finishing batch calls _flush again
             batch: list[_Group] = []
-            while self._pending and len(batch) < MAX_GROUPS_PER_BATCH:
+            while self._pending and len(batch) < self.options.max_batch_groups:
                 group = self._pending.popleft()
                 if not group.future.done():  # a caller that gave up before the write costs nothing
                     batch.append(group)
@@ -244,7 +246,11 @@ class NodeClient:
                 async with asyncio.timeout(self.options.connect_timeout_s):
                     await conn.connect()  # type: ignore[no-untyped-call]
             chunks = pack(command for group in batch for command in group.commands)
-            async with asyncio.timeout(self.options.socket_timeout_s):
+            loop = asyncio.get_running_loop()
+            # A timeout on progress, not on the whole batch: it moves on after each reply, so a
+            # batch that keeps answering is never cut off for being long, and a node that stops
+            # answering is given up after ``socket_timeout_s`` of silence.
+            async with asyncio.timeout(self.options.socket_timeout_s) as silence:
                 await conn.send_packed_command(chunks, check_health=False)
                 for index, group in enumerate(batch):  # noqa: B007 - index is read in the handler
                     replies: list[Reply] = []
@@ -253,6 +259,7 @@ class NodeClient:
                             replies.append(await conn.read_response(disable_decoding=True))
                         except rex.ResponseError as reply:
                             replies.append(reply)
+                        silence.reschedule(loop.time() + self.options.socket_timeout_s)
                     self._in_flight -= 1
                     if not group.future.done():
                         group.future.set_result(replies)

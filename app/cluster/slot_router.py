@@ -48,7 +48,7 @@ class SlotRouter:
         self.settings = settings
         self.map = SlotMap()
         self._startup = list(settings.startup_nodes)
-        self._clients: dict[tuple[Address, bool], NodeClient] = {}
+        self._clients: dict[tuple[Address, bool, bool], NodeClient] = {}
         self._refresh_task: asyncio.Task[bool] | None = None
         self._periodic_task: asyncio.Task[None] | None = None
         self._last_refresh_at = -1e9
@@ -95,12 +95,16 @@ class SlotRouter:
 
     # -- nodes -----------------------------------------------------------------------------
 
-    def node(self, address: Address, *, readonly: bool = False) -> NodeClient:
-        client = self._clients.get((address, readonly))
+    def node(self, address: Address, *, readonly: bool = False, bulk: bool = False) -> NodeClient:
+        """The node's client: READONLY connections or not; the bulk lane (commands that carry or
+        fetch a large value, one per connection) or the lane of everything else."""
+        client = self._clients.get((address, readonly, bulk))
         if client is None:
-            options = replace(self._options, readonly=True) if readonly else self._options
+            options = replace(self._options, readonly=readonly)
+            if bulk:
+                options = replace(options, max_batch_groups=1)
             client = NodeClient(address, options)
-            self._clients[(address, readonly)] = client
+            self._clients[(address, readonly, bulk)] = client
         return client
 
     def shard_for(self, key: bytes) -> tuple[int, Shard | None]:
@@ -117,8 +121,14 @@ class SlotRouter:
 
     # -- commands --------------------------------------------------------------------------
 
-    async def execute(self, key: bytes, *args: bytes | str | int, deadline: float) -> Reply:
-        """Run one command on the primary that owns ``key``'s slot, following MOVED and ASK."""
+    async def execute(
+        self, key: bytes, *args: bytes | str | int, deadline: float, bulk: bool = False
+    ) -> Reply:
+        """Run one command on the primary that owns ``key``'s slot, following MOVED and ASK.
+
+        ``bulk``: the command carries or fetches a large value; it goes on the node's bulk lane
+        and its latency is not held against the node's breaker (its size is why it is slow).
+        """
         slot = key_slot(key)
         shard = self.map.slots[slot]
         if shard is None:
@@ -132,11 +142,12 @@ class SlotRouter:
                 raise TierUnavailableError(
                     f"primary {format_address(address)} is avoided", route="primary"
                 )
-            client = self.node(address)
+            client = self.node(address, bulk=bulk)
             commands = ((b"ASKING",), args) if asking else (args,)
             replies = await self._guarded_call(
-                client, self._breaker("primary", address), commands, deadline=deadline
-            )
+                client, self._breaker("primary", address), commands, deadline=deadline,
+                count_slow=not bulk,
+            )  # fmt: skip
             reply = replies[-1]
             if not isinstance(reply, rex.ResponseError):
                 return reply
@@ -168,15 +179,18 @@ class SlotRouter:
         readonly: bool,
         deadline: float,
         route: str | None = None,
+        bulk: bool = False,
     ) -> Reply:
         """Run one command on one node, no redirect following (a MOVED there is a failure).
 
         ``route`` (e.g. "replica") puts the call under that route's breaker at the node; the
-        watcher's and the refresher's own calls go without one.
+        watcher's and the refresher's own calls go without one. ``bulk`` as for ``execute``.
         """
-        client = self.node(address, readonly=readonly)
+        client = self.node(address, readonly=readonly, bulk=bulk)
         breaker = None if route is None else self._breaker(route, address)
-        (reply,) = await self._guarded_call(client, breaker, (args,), deadline=deadline)
+        (reply,) = await self._guarded_call(
+            client, breaker, (args,), deadline=deadline, count_slow=not bulk
+        )
         if isinstance(reply, rex.ResponseError):
             if isinstance(reply, rex.AskError):  # MovedError too: the map is out of date
                 self.request_refresh("moved")
@@ -190,8 +204,10 @@ class SlotRouter:
         commands: tuple[tuple[bytes | str | int, ...], ...],
         *,
         deadline: float,
+        count_slow: bool = True,
     ) -> list[Reply]:
-        """One call under the route's breaker: skipped when open, its outcome recorded."""
+        """One call under the route's breaker: skipped when open, its outcome recorded (its
+        latency too, unless ``count_slow`` is False)."""
         if breaker is None:
             return await client.call(*commands, deadline=deadline)
         if tracing.recording():
@@ -204,8 +220,12 @@ class SlotRouter:
                 "redis.node_role": role,
             }  # fmt: skip
             with tracing.tier_span(f"redis {name}", attributes):
-                return await self._breaker_call(client, breaker, commands, deadline=deadline)
-        return await self._breaker_call(client, breaker, commands, deadline=deadline)
+                return await self._breaker_call(
+                    client, breaker, commands, deadline=deadline, count_slow=count_slow
+                )
+        return await self._breaker_call(
+            client, breaker, commands, deadline=deadline, count_slow=count_slow
+        )
 
     async def _breaker_call(
         self,
@@ -214,6 +234,7 @@ class SlotRouter:
         commands: tuple[tuple[bytes | str | int, ...], ...],
         *,
         deadline: float,
+        count_slow: bool = True,
     ) -> list[Reply]:
         if not breaker.allow():
             raise BreakerOpenError(f"{breaker.route}: breaker open", route=breaker.route)
@@ -231,7 +252,7 @@ class SlotRouter:
             breaker.release()
             raise
         down = isinstance(replies[-1], rex.ClusterDownError)
-        breaker.record(ok=not down, duration_s=loop.time() - started)
+        breaker.record(ok=not down, duration_s=loop.time() - started if count_slow else 0.0)
         return replies
 
     def _breaker(self, role: str, address: Address) -> Breaker | None:

@@ -21,6 +21,7 @@ from app.errors import TierUnavailableError
 from app.settings import RedisSettings
 from app.store import now_ms
 from app.tiers.base import MISS, Copy, KeyRef
+from app.tiers.sizes import LARGE_VALUE_BYTES, LargeValues, transfer_s
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,23 @@ def parse_reply(raw: object, ref: KeyRef, *, behind_s: float = 0.0) -> Copy:
 class PrimaryTier:
     name = "primary"
 
-    def __init__(self, slots: SlotRouter, settings: RedisSettings) -> None:
+    def __init__(
+        self, slots: SlotRouter, settings: RedisSettings, *, large: LargeValues | None = None
+    ) -> None:
         self.slots = slots
         self.ttl_cap_ms = settings.ttl_cap_s * 1000
         self.tombstone_ttl_ms = settings.tombstone_ttl_s * 1000
+        self.large = large or LargeValues()
 
     async def get(self, ref: KeyRef, *, deadline: float) -> Copy:
-        raw = await self.slots.execute(ref.rkey, b"GET", ref.rkey, deadline=deadline)
+        size = self.large.size(ref.rkey)
+        if size is None:
+            raw = await self.slots.execute(ref.rkey, b"GET", ref.rkey, deadline=deadline)
+        else:
+            raw = await self.slots.execute(
+                ref.rkey, b"GET", ref.rkey, deadline=deadline + transfer_s(size), bulk=True
+            )
+        self.large.saw(ref.rkey, len(raw) if isinstance(raw, bytes) else 0)
         return parse_reply(raw, ref)
 
     async def put(
@@ -63,10 +74,13 @@ class PrimaryTier:
             if ttl_ms <= 0:
                 return False
             payload = encode_entry(record)
+        self.large.saw(ref.rkey, len(payload))
+        bulk = len(payload) >= LARGE_VALUE_BYTES
         # EVAL (not EVALSHA): a restarted node has an empty script cache, and the body is small.
         written = await self.slots.execute(
             ref.rkey, b"EVAL", SET_IF_NEWER, 1, ref.rkey, record.seq, payload, ttl_ms,
-            b"1" if refresh else b"0", deadline=deadline,
+            b"1" if refresh else b"0",
+            deadline=deadline + transfer_s(len(payload)) if bulk else deadline, bulk=bulk,
         )  # fmt: skip
         return bool(written)
 
