@@ -11,8 +11,17 @@ What a process does with it:
 * ``LocalTier`` drops its copy of the key.
 * ``FeedState`` says whether local copies can be trusted. While the feed is down, copies become
   stale-only instead of being wiped. On reconnect the feed first listens, then reads the outbox
-  rows written during the gap (rows are retained for ``outbox.retain_s``); if the gap is covered,
-  nothing was missed and copies stay trusted; otherwise their generation is closed for good.
+  rows it may have missed; if that gap is covered, nothing was missed and copies stay trusted;
+  otherwise their generation is closed for good.
+
+Where the gap begins is a position, never a time: every round trip on the listening connection
+returns the store's snapshot, and once the next round trip has answered, every announcement of
+the transactions that snapshot sees has arrived (they travel ahead of the answer on the same
+connection). That snapshot is the last *safe* position. Catch-up reads the outbox rows of the
+transactions it does not see (outbox rows carry their transaction id), so neither the delay in
+noticing a quiet death, nor lock waits, nor clocks can open a hole. The gap is covered when those
+rows are still kept (the safe position is younger than ``outbox.retain_s``) and fewer than the
+catch-up limit.
 """
 
 from __future__ import annotations
@@ -28,12 +37,13 @@ from dataclasses import dataclass, field
 from app import tasks
 from app.errors import StoreError
 from app.settings import FeedSettings
-from app.store import Listener, Store, now_ms
+from app.store import Listener, OutboxRow, Position, Store, now_ms
 from app.telemetry import FEED_LAG, FEED_UP
 
 log = logging.getLogger(__name__)
 
-CATCH_UP_MARGIN_S = 1.0
+# A catch-up must begin this much inside the outbox's retention (rows pruned meanwhile).
+CATCH_UP_MARGIN_S = 5.0
 CATCH_UP_LIMIT = 100_000
 MAX_BROKEN_GENERATIONS = 64
 
@@ -160,6 +170,10 @@ class InvalidationFeed:
         self.catch_up_window_s = catch_up_window_s
         self._listener: Listener | None = None
         self._connected_once = False
+        # Every announcement of the transactions ``_safe`` sees has been applied here;
+        # ``_last`` (the latest round trip's) becomes safe once a later round trip answers.
+        self._safe: Position | None = None
+        self._last: Position | None = None
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
 
@@ -196,7 +210,6 @@ class InvalidationFeed:
         return asyncio.get_running_loop().time() + max(1.0, self.settings.check_interval_s)
 
     async def _connect(self) -> None:
-        down_since = self.state.down_since
         self._lost.clear()
         self._listener = await self.store.listen(
             self.settings.channel,
@@ -204,29 +217,41 @@ class InvalidationFeed:
             on_lost=self._on_lost,
             deadline=self._deadline(),
         )
-        caught_up = await self._catch_up(down_since)
+        # Listening now: a transaction this snapshot does not see will be announced here.
+        here = await self._listener.position(deadline=self._deadline())
+        caught_up = await self._catch_up(here)
+        self._safe = self._last = here
         self._connected_once = True
         self.state.restored(caught_up=caught_up)
         log.info(
             "invalidation feed up (generation %d, caught up: %s)", self.state.generation, caught_up
         )
 
-    async def _catch_up(self, down_since: float | None) -> bool:
-        """Apply what was written while the feed was down; False when that cannot be known."""
-        if down_since is None:
-            return True
-        gap_s = self.state.clock() - down_since + CATCH_UP_MARGIN_S
+    async def _catch_up(self, here: Position) -> bool:
+        """Apply what was committed since the last safe position; False when that cannot be
+        known (no safe position, rows no longer kept, more than the catch-up limit)."""
         if not self._connected_once:
-            # A process that just started learns the recent writes too (it holds no copies yet).
-            gap_s = self.catch_up_window_s
-        if gap_s > self.catch_up_window_s:
+            # A process that just started holds no copies; it learns the recent writes too.
+            try:
+                rows = await self.store.outbox_recent(
+                    within_s=self.catch_up_window_s, limit=CATCH_UP_LIMIT,
+                    deadline=self._deadline(),
+                )  # fmt: skip
+            except StoreError:
+                return False
+            return self._apply(rows)
+        safe = self._safe
+        if safe is None or here.at - safe.at > self.catch_up_window_s - CATCH_UP_MARGIN_S:
             return False
         try:
-            rows = await self.store.outbox_recent(
-                within_s=gap_s, limit=CATCH_UP_LIMIT, deadline=self._deadline()
+            rows = await self.store.outbox_missed(
+                safe, limit=CATCH_UP_LIMIT, deadline=self._deadline()
             )
         except StoreError:
             return False
+        return self._apply(rows)
+
+    def _apply(self, rows: list[OutboxRow]) -> bool:
         for row in rows:
             self.announce(row.namespace, row.key, row.seq)
         return len(rows) < CATCH_UP_LIMIT
@@ -247,7 +272,8 @@ class InvalidationFeed:
                     await self._drop_listener()
                     await self._connect()
                 else:
-                    await self._listener.ping(deadline=self._deadline())
+                    position = await self._listener.position(deadline=self._deadline())
+                    self._safe, self._last = self._last, position
             except StoreError as exc:
                 if self.state.up:
                     log.warning("invalidation feed lost: %s", exc)

@@ -36,6 +36,16 @@ log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
+
+class Xid8(sa.types.UserDefinedType[int]):
+    """Postgres's 64-bit transaction id (``xid8``), for the models alembic compares."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "XID8"
+
+
 entries = sa.Table(
     "entries",
     metadata,
@@ -70,7 +80,9 @@ cache_outbox = sa.Table(
     ),
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("applied_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("xid", Xid8(), nullable=True, server_default=sa.text("pg_current_xact_id()")),
     sa.Index("cache_outbox_next_attempt_idx", "next_attempt_at"),
+    sa.Index("cache_outbox_xid_idx", "xid"),
     sa.Index("cache_outbox_created_at_idx", "created_at"),
     sa.Index(
         "cache_outbox_pending_idx", "created_at", postgresql_where=sa.text("applied_at IS NULL")
@@ -135,6 +147,15 @@ SELECT DISTINCT ON (namespace, key) id, namespace, key, seq FROM cache_outbox
  ORDER BY namespace, key, seq DESC
  LIMIT $2
 """
+# Rows of the transactions a snapshot does not see: committed after it (or in progress then).
+SQL_OUTBOX_MISSED = """
+SELECT DISTINCT ON (namespace, key) id, namespace, key, seq FROM cache_outbox
+ WHERE xid >= pg_snapshot_xmin($1::text::pg_snapshot)
+   AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot)
+ ORDER BY namespace, key, seq DESC
+ LIMIT $2
+"""
+SQL_POSITION = "SELECT pg_current_snapshot()::text, extract(epoch FROM now())::float8"
 SQL_OUTBOX_PENDING = """
 SELECT namespace, key, max(seq) FROM cache_outbox WHERE applied_at IS NULL
  GROUP BY namespace, key LIMIT $1
@@ -219,6 +240,14 @@ class ApiKeyRow:
     description: str | None
     created_at: datetime
     revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A point in the store's commit order: a snapshot (``pg_snapshot`` text) and its time."""
+
+    snapshot: str
+    at: float  # Postgres's clock, seconds since the epoch
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,6 +551,15 @@ class Store:
         )
         return [OutboxRow(id=r[0], namespace=r[1], key=r[2], seq=r[3]) for r in rows]
 
+    async def outbox_missed(
+        self, since: Position, *, limit: int, deadline: float
+    ) -> list[OutboxRow]:
+        """The newest row per key among the rows of transactions ``since`` does not see."""
+        rows = await self._run(
+            "outbox_missed", "fetch", SQL_OUTBOX_MISSED, since.snapshot, limit, deadline=deadline
+        )
+        return [OutboxRow(id=r[0], namespace=r[1], key=r[2], seq=r[3]) for r in rows]
+
     async def outbox_pending(
         self,
         *,
@@ -637,15 +675,23 @@ class Listener:
     def alive(self) -> bool:
         return not self._conn.is_closed()
 
-    async def ping(self, *, deadline: float) -> None:
-        """A round trip on the listening connection: the only way to notice it died quietly."""
+    async def position(self, *, deadline: float) -> Position:
+        """A round trip on the listening connection (the only way to notice it died quietly),
+        answering where the store's commit order stands now.
+
+        Every transaction the answer's snapshot sees committed before it, so its announcement
+        is on this connection ahead of the answer to the next round trip.
+        """
         try:
             async with asyncio.timeout_at(deadline):
-                await self._conn.fetchval("SELECT 1")
+                row = await self._conn.fetchrow(SQL_POSITION)
         except asyncio.CancelledError:
             raise
         except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             raise StoreUnavailableError(f"listener: {type(exc).__name__}") from exc
+        if row is None:
+            raise StoreUnavailableError("listener: no answer to the position query")
+        return Position(snapshot=row[0], at=row[1])
 
     async def aclose(self) -> None:
         try:

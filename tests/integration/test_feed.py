@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -11,6 +12,7 @@ import httpx
 from app.devstack import Stack
 from tests.integration.conftest import auth_headers, gateway_client, settings_for
 from tests.integration.harness import gateway_process
+from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.test_api_keys import new_key
 
 
@@ -105,3 +107,44 @@ async def test_the_feed_comes_back_after_postgres_restarts_and_catches_up(
         assert gateway.feed.state.up
         assert gateway.feed.state.generation == generation  # the gap was read back: no break
         assert gateway.local.lookup(ref).behind_s == 0.0
+
+
+async def wait_until(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def test_a_delete_missed_while_the_listener_was_silently_cut_is_caught_up(
+    stack: Stack, pg_proxy: TcpProxy
+) -> None:
+    """Audit §3: a listener that dies quietly is noticed seconds later; catch-up used to read
+    the outbox only from (noticed - 1 s) and say "caught up", so a delete made in between was
+    missed and the local copy stayed trusted, and was served once Redis forgot the tombstone.
+    Catch-up now starts from the last point the feed is known to have received everything."""
+    b_settings = settings_for(
+        stack,
+        pg={"dsn": pg_proxy.dsn(stack.pg_dsn, stack.config.pg_port)},
+        feed={"check_interval_s": 2.0},
+        redis={"tombstone_ttl_s": 1},
+    )
+    async with (
+        gateway_client(settings_for(stack, redis={"tombstone_ttl_s": 1})) as (c, _),
+        gateway_client(b_settings) as (b, gateway_b),
+    ):
+        key = new_key("missed")
+        assert (await c.put(f"/v1/keys/{key}", content=b"doomed")).status_code == 201
+        assert (await b.get(f"/v1/keys/{key}")).content == b"doomed"  # b keeps a local copy
+        ref = gateway_b.router.ref("default", key)
+        assert gateway_b.local.lookup(ref).record is not None
+        pg_proxy.blackhole = True  # b's connections to Postgres go silent, nothing is closed
+        await asyncio.sleep(0.1)
+        assert (await c.delete(f"/v1/keys/{key}")).status_code == 204
+        await wait_until(lambda: not gateway_b.feed.state.up, timeout_s=15, what="b never noticed")
+        pg_proxy.cut()  # what was held back is lost with the connections
+        pg_proxy.blackhole = False
+        await wait_until(lambda: gateway_b.feed.state.up, timeout_s=15, what="b did not reconnect")
+        await asyncio.sleep(1.5)  # the tombstone in Redis is gone
+        reply = await b.get(f"/v1/keys/{key}")
+        assert reply.status_code == 404, (reply.status_code, reply.headers.get("cache-status"))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from app.feed import FeedState, VersionMap
+from typing import cast
+
+from app.feed import FeedState, InvalidationFeed, VersionMap
+from app.settings import FeedSettings
+from app.store import OutboxRow, Position, Store
 from tests.unit.fakes import FakeClock
 
 
@@ -56,3 +60,52 @@ def test_a_gap_that_could_not_be_caught_up_closes_the_generation_for_good() -> N
     clock.now += 10
     assert state.behind_s(old, cached_at=taken) == clock.now - lost_at
     assert state.behind_s(state.generation, cached_at=clock.now) == 0.0
+
+
+class MissedStore:
+    """The store as catch-up sees it: the rows a snapshot misses (by its text), the recent ones."""
+
+    def __init__(self, missed: dict[str, list[OutboxRow]]) -> None:
+        self.missed = missed
+        self.asked: list[str] = []
+
+    async def outbox_missed(
+        self, since: Position, *, limit: int, deadline: float
+    ) -> list[OutboxRow]:
+        self.asked.append(since.snapshot)
+        return self.missed.get(since.snapshot, [])[:limit]
+
+    async def outbox_recent(
+        self, *, within_s: float, limit: int, deadline: float
+    ) -> list[OutboxRow]:
+        return []
+
+
+def feed_over(store: MissedStore) -> tuple[InvalidationFeed, VersionMap]:
+    versions = VersionMap(max_keys=100, ttl_s=60)
+    feed = InvalidationFeed(
+        cast(Store, store), FeedSettings(), versions=versions, state=FeedState(),
+        on_invalidate=lambda namespace, key, seq: None, catch_up_window_s=120,
+    )  # fmt: skip
+    return feed, versions
+
+
+async def test_catch_up_reads_what_the_last_safe_snapshot_does_not_see() -> None:
+    store = MissedStore({"10:12:": [OutboxRow(7, "ns", "k", 42)]})
+    feed, versions = feed_over(store)
+    feed._connected_once = True
+    feed._safe = Position("10:12:", at=1000.0)
+    assert await feed._catch_up(Position("20:20:", at=1003.0)) is True
+    assert store.asked == ["10:12:"]
+    assert versions.newest("ns", "k") == 42
+
+
+async def test_catch_up_is_not_caught_up_when_rows_may_be_gone_or_too_many() -> None:
+    store = MissedStore({"10:12:": [OutboxRow(i, "ns", f"k{i}", i) for i in range(5)]})
+    feed, _ = feed_over(store)
+    feed._connected_once = True
+    feed._safe = Position("10:12:", at=1000.0)
+    assert await feed._catch_up(Position("20:20:", at=1000.0 + 119)) is False  # retention
+    assert store.asked == []
+    feed._safe = None  # never had a safe position
+    assert await feed._catch_up(Position("20:20:", at=1001.0)) is False
