@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from app.cluster.slots import key_slot
+from app.cluster.slots import key_slot, tag_for_slot
 
 # KEYS[1] key; ARGV[1] seq; ARGV[2] record; ARGV[3] time to live in ms; ARGV[4] "1" to refresh.
 # Writes when the key holds an older seq, or a tombstone of the same seq and the record is an
@@ -87,6 +87,35 @@ def lock_key(rkey: bytes) -> bytes | None:
         if key_slot(candidate) == slot:
             return candidate
     return None
+
+
+# KEYS[1] a node's marker; ARGV[1] "<marked_at> <oldest_pending_at>"; ARGV[2] "1" to overwrite
+# whatever is there (after a repair). The marker starts with the run_id of the process that
+# holds it when it is written, read by the script itself: a marker that names another process
+# came back with old data (a snapshot, a replica's copy). It is returned and left alone then;
+# else the marker is written and nil returned.
+MARK = b"""
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local current = redis.call('GET', KEYS[1])
+if current and ARGV[2] ~= '1' and string.sub(current, 1, #run_id) ~= run_id then
+  return current
+end
+redis.call('SET', KEYS[1], run_id .. ' ' .. ARGV[1])
+return false
+"""
+
+# KEYS[1] a key of the gateway's. Removes it unless it is a tombstone (a tombstone only ever
+# keeps an older value out; removing one could let an in-flight fill of an older value land).
+UNLESS_TOMBSTONE_UNLINK = b"""
+if redis.call('GETRANGE', KEYS[1], 0, 1) ~= 'T ' then return redis.call('UNLINK', KEYS[1]) end
+return 0
+"""
+
+
+def marker_key(prefix: str, slot: int) -> bytes:
+    """The key of the marker of the node that owns ``slot``; a NUL byte first, so it is never a
+    caller's key, nor matched by the gateway's key pattern."""
+    return b"\x00" + prefix.encode() + b":marker:{" + tag_for_slot(slot) + b"}"
 
 
 def redis_key(prefix: str, namespace: str, key: str) -> bytes:

@@ -14,6 +14,7 @@ from app.cluster.topology import TopologyWatcher
 from app.degraded import DegradedMode
 from app.feed import FeedState, InvalidationFeed, VersionMap
 from app.outbox import Outbox
+from app.recovery import Recovery
 from app.router import FallbackRouter
 from app.settings import Settings
 from app.store import Store
@@ -36,6 +37,7 @@ class Gateway:
     local: LocalTier
     feed: InvalidationFeed
     outbox: Outbox
+    recovery: Recovery
     router: FallbackRouter
     breakers: BreakerBoard
     degraded: DegradedMode
@@ -71,7 +73,6 @@ class Gateway:
             store, primary, settings.outbox, key_prefix=settings.redis.key_prefix, versions=versions
         )
         slots.avoid = watcher.partitioned
-        slots.on_primaries_changed = outbox.request_replay
         router = FallbackRouter(
             settings=settings,
             primary=primary,
@@ -85,6 +86,7 @@ class Gateway:
         return cls(
             settings=settings, slots=slots, watcher=watcher, store=store, local=local,
             feed=feed, outbox=outbox, router=router, breakers=breakers, degraded=degraded,
+            recovery=Recovery(store, slots, primary, outbox, settings.outbox),
             auth=ApiKeys(store, settings.auth),
         )  # fmt: skip
 
@@ -96,6 +98,7 @@ class Gateway:
         await self.watcher.start()
         await self.feed.start()
         await self.outbox.start()
+        await self.recovery.start()
         await self.breakers.start()
         await self.degraded.start()
         self._gauges = asyncio.get_running_loop().create_task(self._refresh_gauges())
@@ -119,6 +122,7 @@ class Gateway:
         await self.degraded.aclose()
         await self.breakers.aclose()
         await self.auth.aclose()
+        await self.recovery.aclose()
         await self.outbox.aclose()
         await self.feed.aclose()
         await self.watcher.aclose()

@@ -33,7 +33,6 @@ STORE_CALL_TIMEOUT_S = 2.0
 MAINTAIN_EVERY_N_ROUNDS = 20
 MAINTAIN_BATCH = 5000
 MAINTAIN_BUDGET_S = 2.0
-REPLAY_LIMIT = 100_000
 PENDING_LIMIT = 100_000
 NOTE_CHUNK = 2000  # keys noted between two turns of the event loop
 
@@ -55,19 +54,10 @@ class Outbox:
         self.key_prefix = key_prefix
         self._done: list[int] = []
         self._task: asyncio.Task[None] | None = None
-        self._replay_requested = False
 
     def done(self, outbox_id: int) -> None:
         """The row's update reached Redis; it is marked applied in the next batch."""
         self._done.append(outbox_id)
-
-    def request_replay(self) -> None:
-        """Re-apply recent rows, applied or not, at the next round (after a Redis failover).
-
-        A promoted replica may lack the last writes its primary acknowledged (replication is
-        asynchronous); the rows retained for ``retain_s`` say which keys to bring up to date.
-        """
-        self._replay_requested = True
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -84,9 +74,6 @@ class Outbox:
         while True:
             try:
                 await self.flush_done()
-                if self._replay_requested:
-                    self._replay_requested = False
-                    await self.replay_recent()
                 await self.note_pending()
                 await self.repair_once()
                 depth, oldest_s = await self.store.outbox_stats(deadline=self._deadline())
@@ -142,7 +129,7 @@ class Outbox:
         for (namespace, key), group in by_key.items():
             ids = [row.id for row in group]
             try:
-                await self._repair_key(namespace, key, max(row.seq for row in group))
+                await self.repair_key(namespace, key, max(row.seq for row in group))
             except (TierError, StoreError) as exc:
                 telemetry.OUTBOX_REPAIRS.labels(result="failed").inc(len(ids))
                 with contextlib.suppress(StoreError):
@@ -172,24 +159,8 @@ class Outbox:
             limit=PENDING_LIMIT, chunk=NOTE_CHUNK, on_rows=note_rows, deadline=self._deadline()
         )
 
-    async def replay_recent(self) -> int:
-        """Bring Redis up to the store's state for every key written in the last ``retain_s``."""
-        rows = await self.store.outbox_recent(
-            within_s=self.settings.retain_s, limit=REPLAY_LIMIT, deadline=self._deadline()
-        )
-        replayed = 0
-        for row in rows:
-            try:
-                await self._repair_key(row.namespace, row.key, row.seq)
-            except (TierError, StoreError) as exc:
-                log.info("replay of a key failed, will retry: %s", exc)
-                self._replay_requested = True
-                continue
-            replayed += 1
-        log.warning("replayed %d recent writes into Redis after a topology change", replayed)
-        return replayed
-
-    async def _repair_key(self, namespace: str, key: str, seq: int) -> None:
+    async def repair_key(self, namespace: str, key: str, seq: int) -> None:
+        """Bring Redis to the store's current state for one key (idempotent, order-free)."""
         ref = KeyRef(namespace, key, redis_key(self.key_prefix, namespace, key))
         entry = await self.store.get(namespace, key, deadline=self._deadline())
         record = entry if entry is not None else Tombstone(seq)

@@ -118,6 +118,7 @@ class _Attempt:
 
     floor: int  # answers with an older seq are not served
     fallback: tuple[float, str, Entry] | None = None  # least stale copy, for stale-if-error
+    primary_believed: bool = True  # False: its data is not believed (Provenance) until repaired
 
     def offer(self, staleness: float, tier: str, entry: Entry) -> None:
         if self.fallback is None or staleness < self.fallback[0]:
@@ -213,7 +214,12 @@ class FallbackRouter:
             else:
                 primary_answered = True
                 record = copy.record
-                if isinstance(record, Entry) and record.seq >= attempt.floor:
+                if isinstance(record, Entry) and copy.behind_s > 0:
+                    # Its data is not believed now (it restarted, or was promoted, and is not
+                    # repaired yet): the store answers, and the fill repairs this key.
+                    attempt.primary_believed = False
+                    telemetry.tier_result("primary", "untrusted")
+                elif isinstance(record, Entry) and record.seq >= attempt.floor:
                     if not record.expired(now_ms()):
                         self._count["primary_hit"].inc()
                         telemetry.tier_result("primary", "hit")
@@ -362,13 +368,16 @@ class FallbackRouter:
         try:
             # With no copy to fall back on, a caller waits for the load as long as it may run.
             patient = attempt.fallback is None
-            loaded = await self._shared_load(ref, deadline, fill=primary_answered, patient=patient)
+            peers = attempt.primary_believed  # a peer's "fill" read from there proves nothing
+            loaded = await self._shared_load(
+                ref, deadline, fill=primary_answered, peers=peers, patient=patient
+            )
             if loaded.began < arrived and self._behind(loaded, attempt.floor, policy):
                 # The shared load began before this request knew what it knows (a newer write
                 # announced, or a tombstone seen; or no-cache, which asks for a read that starts
                 # after it): a load that begins now reflects it.
                 loaded = await self._shared_load(
-                    ref, deadline, fill=primary_answered, patient=patient
+                    ref, deadline, fill=primary_answered, peers=peers, patient=patient
                 )
         except CoalescingOverflowError:
             telemetry.SHED.labels(reason="waiters").inc()
@@ -400,7 +409,7 @@ class FallbackRouter:
         )  # fmt: skip
 
     async def _shared_load(
-        self, ref: KeyRef, deadline: float, *, fill: bool, patient: bool
+        self, ref: KeyRef, deadline: float, *, fill: bool, peers: bool, patient: bool
     ) -> _Loaded:
         """The key's load in flight, or a new one; this caller waits until its ``deadline``
         (``patient``: or for as long as the load may run, if that is later).
@@ -411,7 +420,7 @@ class FallbackRouter:
         on a loaded host) still ends in an answer for everyone waiting.
         """
         load_deadline = asyncio.get_running_loop().time() + LOAD_DEADLINES * self.read_deadline_s
-        load = functools.partial(self._load, ref, load_deadline, fill=fill)
+        load = functools.partial(self._load, ref, load_deadline, fill=fill, peers=peers)
         return await self.loads.do(
             (ref.namespace, ref.key), load, deadline=deadline, load_deadline=load_deadline,
             patient=patient,
@@ -425,18 +434,19 @@ class FallbackRouter:
             return floor > 0
         return loaded.entry.seq < floor
 
-    async def _load(self, ref: KeyRef, deadline: float, *, fill: bool) -> _Loaded:
+    async def _load(self, ref: KeyRef, deadline: float, *, fill: bool, peers: bool) -> _Loaded:
         """One process's load of a key from the store (run once per key by ``self.loads``).
 
         With ``fill`` (the primary answered this request), other processes are kept off the
         store too: a short lock on the key's slot; whoever does not get it waits for the holder's
-        fill in Redis, and reads the store itself only if none comes in time. After a primary
-        failure nothing is sent to it: the outbox and later reads fill it.
+        fill in Redis, and reads the store itself only if none comes in time (not with ``peers``
+        False: what that primary holds is not believed). After a primary failure nothing is sent
+        to it: the outbox and later reads fill it.
         """
         loop = asyncio.get_running_loop()
         began = loop.time()
         token: bytes | None = None
-        if fill and self.coalescing.cross_process:
+        if fill and peers and self.coalescing.cross_process:
             try:
                 token = await self.primary.lock(
                     ref, ttl_ms=self.coalescing.lock_ttl_ms, deadline=self._cache_deadline(deadline)

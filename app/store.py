@@ -156,6 +156,19 @@ SELECT DISTINCT ON (namespace, key) id, namespace, key, seq FROM cache_outbox
  LIMIT $2
 """
 SQL_POSITION = "SELECT pg_current_snapshot()::text, extract(epoch FROM now())::float8"
+# Now, and the creation time of the oldest row whose cache update has not reached Redis (now, if
+# none): what a primary's marker records.
+SQL_MARK_TIMES = """
+SELECT extract(epoch FROM now())::float8,
+       extract(epoch FROM coalesce(
+           (SELECT min(created_at) FROM cache_outbox WHERE applied_at IS NULL), now()))::float8
+"""
+SQL_OUTBOX_SINCE = """
+SELECT DISTINCT ON (namespace, key) id, namespace, key, seq FROM cache_outbox
+ WHERE created_at >= to_timestamp($1::float8)
+ ORDER BY namespace, key, seq DESC
+ LIMIT $2
+"""
 SQL_OUTBOX_PENDING = """
 SELECT namespace, key, max(seq) FROM cache_outbox WHERE applied_at IS NULL
  GROUP BY namespace, key LIMIT $1
@@ -557,6 +570,18 @@ class Store:
         """The newest row per key among the rows of transactions ``since`` does not see."""
         rows = await self._run(
             "outbox_missed", "fetch", SQL_OUTBOX_MISSED, since.snapshot, limit, deadline=deadline
+        )
+        return [OutboxRow(id=r[0], namespace=r[1], key=r[2], seq=r[3]) for r in rows]
+
+    async def mark_times(self, *, deadline: float) -> tuple[float, float]:
+        """The store's time now and the oldest pending row's creation (seconds since epoch)."""
+        row = await self._run("mark_times", "fetchrow", SQL_MARK_TIMES, deadline=deadline)
+        return float(row[0]), float(row[1])
+
+    async def outbox_since(self, at: float, *, limit: int, deadline: float) -> list[OutboxRow]:
+        """The newest row per key among the rows created at or after ``at`` (store time)."""
+        rows = await self._run(
+            "outbox_since", "fetch", SQL_OUTBOX_SINCE, at, limit, deadline=deadline
         )
         return [OutboxRow(id=r[0], namespace=r[1], key=r[2], seq=r[3]) for r in rows]
 

@@ -60,6 +60,21 @@ CACHE_UPDATES = Counter(
 OUTBOX_REPAIRS = Counter(
     "cachegw_outbox_repairs_total", "Outbox rows the repairer applied or failed", ["result"]
 )
+PRIMARY_SUSPECTED = Counter(
+    "cachegw_primary_suspected_total",
+    "Primaries whose data stopped being believed (restarted, promoted, new history), by reason",
+    ["reason"],
+)
+PRIMARY_REPAIRS = Counter(
+    "cachegw_primary_repairs_total",
+    "Suspect primaries repaired: outbox rows replayed into them, or emptied of the gateway's keys",
+    ["how"],
+)
+PRIMARY_REPAIR_KEYS = Counter(
+    "cachegw_primary_repair_keys_total",
+    "Keys repaired in suspect primaries: replayed from the store, or removed",
+    ["how"],
+)
 FEED_LAG = Histogram(
     "cachegw_invalidation_feed_lag_seconds",
     "From a write's commit (its NOTIFY) to this process receiving it",

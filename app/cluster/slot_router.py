@@ -25,6 +25,7 @@ from app import tasks, telemetry, tracing
 from app.breaker import Breaker, BreakerBoard
 from app.cluster.errors import translate
 from app.cluster.node import NodeClient, NodeOptions, Reply
+from app.cluster.provenance import Provenance
 from app.cluster.slots import Address, Shard, SlotMap, format_address, key_slot
 from app.errors import (
     BreakerOpenError,
@@ -32,6 +33,7 @@ from app.errors import (
     NodeGoneError,
     RedirectLoopError,
     TierError,
+    TierTimeoutError,
     TierUnavailableError,
 )
 from app.settings import RedisSettings
@@ -52,10 +54,10 @@ class SlotRouter:
         self._refresh_task: asyncio.Task[bool] | None = None
         self._periodic_task: asyncio.Task[None] | None = None
         self._last_refresh_at = -1e9
-        # Hooks set by the gateway: nodes to send nothing to (a minority partition, later an
-        # open breaker), and what to do when the set of primaries changes (a failover).
+        # Set by the gateway: nodes to send nothing to (a minority partition).
         self.avoid: Callable[[Address], bool] = lambda address: False
-        self.on_primaries_changed: Callable[[], None] = lambda: None
+        # Whose data is believed; the watcher reports identities, this class contacts and roles.
+        self.provenance = Provenance()
         self.breakers: BreakerBoard | None = None
         self._breaker_cache: dict[tuple[str, Address], Breaker] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -129,6 +131,13 @@ class SlotRouter:
         ``bulk``: the command carries or fetches a large value; it goes on the node's bulk lane
         and its latency is not held against the node's breaker (its size is why it is slow).
         """
+        reply, _ = await self.read(key, *args, deadline=deadline, bulk=bulk)
+        return reply
+
+    async def read(
+        self, key: bytes, *args: bytes | str | int, deadline: float, bulk: bool = False
+    ) -> tuple[Reply, Address]:
+        """As ``execute``, and which node answered (whose data may not be believed)."""
         slot = key_slot(key)
         shard = self.map.slots[slot]
         if shard is None:
@@ -150,10 +159,12 @@ class SlotRouter:
             )  # fmt: skip
             reply = replies[-1]
             if not isinstance(reply, rex.ResponseError):
-                return reply
+                return reply, address
             if isinstance(reply, rex.MovedError):
                 telemetry.REDIRECTS.labels(kind="moved").inc()
                 address = self._redirect_target(reply, address)
+                if all(shard.primary != address for shard in self.map.shards()):
+                    self.provenance.promoted(address)  # before any refresh saw it as a primary
                 self.map.patch(reply.slot_id, address)
                 self.request_refresh("moved")
                 asking = False
@@ -186,16 +197,31 @@ class SlotRouter:
         ``route`` (e.g. "replica") puts the call under that route's breaker at the node; the
         watcher's and the refresher's own calls go without one. ``bulk`` as for ``execute``.
         """
-        client = self.node(address, readonly=readonly, bulk=bulk)
-        breaker = None if route is None else self._breaker(route, address)
-        (reply,) = await self._guarded_call(
-            client, breaker, (args,), deadline=deadline, count_slow=not bulk
+        (reply,) = await self.call_on(
+            address, args, readonly=readonly, deadline=deadline, route=route, bulk=bulk
         )
         if isinstance(reply, rex.ResponseError):
             if isinstance(reply, rex.AskError):  # MovedError too: the map is out of date
                 self.request_refresh("moved")
-            raise translate(reply, route=client.name) from reply
+            raise translate(reply, route=format_address(address)) from reply
         return reply
+
+    async def call_on(
+        self,
+        address: Address,
+        *commands: tuple[bytes | str | int, ...],
+        readonly: bool,
+        deadline: float,
+        route: str | None = None,
+        bulk: bool = False,
+    ) -> list[Reply]:
+        """Several commands to one node in one round trip (one group: one connection, in
+        order), under the route's breaker; a reply per command, ResponseErrors as values."""
+        client = self.node(address, readonly=readonly, bulk=bulk)
+        breaker = None if route is None else self._breaker(route, address)
+        return await self._guarded_call(
+            client, breaker, commands, deadline=deadline, count_slow=not bulk
+        )
 
     async def _guarded_call(
         self,
@@ -207,7 +233,29 @@ class SlotRouter:
         count_slow: bool = True,
     ) -> list[Reply]:
         """One call under the route's breaker: skipped when open, its outcome recorded (its
-        latency too, unless ``count_slow`` is False)."""
+        latency too, unless ``count_slow`` is False). A connection to a primary that failed,
+        whoever made the call, means the primary may come back another process: until the
+        watcher has seen it again, its data is not believed."""
+        try:
+            return await self._traced_call(
+                client, breaker, commands, deadline=deadline, count_slow=count_slow
+            )
+        except (NodeBusyError, NodeGoneError, BreakerOpenError, TierTimeoutError):
+            raise
+        except TierError:
+            if any(shard.primary == client.address for shard in self.map.shards()):
+                self.provenance.lost_contact(client.address)
+            raise
+
+    async def _traced_call(
+        self,
+        client: NodeClient,
+        breaker: Breaker | None,
+        commands: tuple[tuple[bytes | str | int, ...], ...],
+        *,
+        deadline: float,
+        count_slow: bool,
+    ) -> list[Reply]:
         if breaker is None:
             return await client.call(*commands, deadline=deadline)
         if tracing.recording():
@@ -313,7 +361,8 @@ class SlotRouter:
             after = {shard.primary for shard in self.map.shards()}
             if before and after - before:
                 log.warning("primaries changed: %s", sorted(map(format_address, after - before)))
-                self.on_primaries_changed()
+                for address in after - before:  # a promoted replica may lack the last writes
+                    self.provenance.promoted(address)
             self._prune_clients()
             telemetry.SLOTS_MAPPED.set(self.map.covered())
             return True
@@ -322,6 +371,7 @@ class SlotRouter:
 
     def _prune_clients(self) -> None:
         keep = set(self.known_nodes())
+        self.provenance.forget(keep.__contains__)
         for key in [key for key in self._clients if key[0] not in keep]:
             client = self._clients.pop(key)
             task = asyncio.get_running_loop().create_task(client.aclose())

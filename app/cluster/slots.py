@@ -24,6 +24,28 @@ def key_slot(key: bytes) -> int:
     return crc_hqx(key, 0) & (SLOT_COUNT - 1)
 
 
+_TAGS: dict[int, bytes] = {}  # slot -> the first hex string found that hashes there
+_TRIED = [0]  # hex numbers below this have been tried
+
+
+def tag_for_slot(slot: int) -> bytes:
+    """A short string that, as a hash tag (``{...}``), puts a key in ``slot``.
+
+    Found by trying hex numbers in order (about 16,000 tries the first time: every slot met on
+    the way is remembered, so later look-ups are mostly free).
+    """
+    tag = _TAGS.get(slot)
+    if tag is not None:
+        return tag
+    for i in range(_TRIED[0], 1 << 21):
+        candidate = b"%x" % i
+        _TAGS.setdefault(crc_hqx(candidate, 0) & (SLOT_COUNT - 1), candidate)
+        _TRIED[0] = i + 1
+        if slot in _TAGS:
+            return _TAGS[slot]
+    raise LookupError(f"no hash tag found for slot {slot}")  # not reached: all are found
+
+
 def format_address(address: Address) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

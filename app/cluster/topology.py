@@ -6,8 +6,10 @@ traffic) and ``INFO replication`` (role; for a replica its link to the primary a
 offset, which against its primary's offset gives the lag). From that it keeps, per replica, the
 last time it was known caught up: how far a read from it may be behind the store.
 
-It also keeps the slot gauges from ``CLUSTER INFO`` and asks the slot router for a refresh when a
-node's role is not what the slot map says (a failover the map has not seen yet).
+It also keeps the slot gauges from ``CLUSTER INFO``, asks the slot router for a refresh when a
+node's role is not what the slot map says (a failover the map has not seen yet), and reports each
+node's identity (``run_id`` from ``INFO server``, replication id and offset) to the slot router's
+``Provenance``, which stops believing a primary that restarted or changed history.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app import tasks, telemetry
+from app.cluster.provenance import Identity
 from app.cluster.slot_router import SlotRouter
 from app.cluster.slots import Address, format_address
 from app.errors import TierError
@@ -41,6 +44,10 @@ class NodeHealth:
     link_down_since_s: float | None = None
     primary: Address | None = None
     offset: int | None = None
+    replid: str | None = None
+    # A replica's (replication id, offset) when last seen while its primary was believed: its
+    # data then was the believed data, and stays so while it does not go back from there.
+    believed_position: tuple[str, int] | None = None
     lag_bytes: int | None = None
     caught_up_at: float | None = None
     latency_s: float | None = None
@@ -158,6 +165,7 @@ class TopologyWatcher:
                 with contextlib.suppress(KeyError):  # its gauge goes with it
                     telemetry.REPLICA_LAG.remove(format_address(address))
         self._derive_lag()
+        self._note_believed_positions()
         self._publish()
 
     async def _poll(self, address: Address) -> None:
@@ -170,8 +178,13 @@ class TopologyWatcher:
                 self.slots.execute_on(
                     address, b"CLUSTER", b"INFO", readonly=False, deadline=deadline
                 ),
-                self.slots.execute_on(
-                    address, b"INFO", b"replication", readonly=False, deadline=deadline
+                self.slots.execute_on(  # two sections in one INFO: Redis 7.0 and newer
+                    address,
+                    b"INFO",
+                    b"server",
+                    b"replication",
+                    readonly=False,
+                    deadline=deadline,
                 ),
             )
         except TierError as exc:
@@ -188,7 +201,7 @@ class TopologyWatcher:
         health.error = None
         health.observed_at = self.now()
         cluster = parse_info(_text(cluster_raw))
-        replication = parse_info(_text(repl_raw))
+        replication = parse_info(_text(repl_raw))  # with the server section's fields
         health.info = cluster
         health.cluster_ok = cluster.get("cluster_state") == "ok"
         if replication.get("role") == "master":
@@ -210,6 +223,18 @@ class TopologyWatcher:
                 else float(replication.get("master_link_down_since_seconds", "-1"))
             )
             health.offset = _int(replication.get("slave_repl_offset"))
+        health.replid = replication.get("master_replid")
+        identity = Identity(
+            run_id=replication.get("run_id", ""),
+            role=health.role,
+            replid=replication.get("master_replid", ""),
+            offset=health.offset or 0,
+        )
+        if (
+            self.slots.provenance.observe(address, identity) is not None
+            and health.role == "replica"
+        ):
+            health.caught_up_at = None  # a new process: how far behind it is, is not known yet
         self._check_role(address, health)
 
     def _check_role(self, address: Address, health: NodeHealth) -> None:
@@ -229,6 +254,29 @@ class TopologyWatcher:
         ):
             self.slots.request_refresh("replica-online")
 
+    def _note_believed_positions(self) -> None:
+        provenance = self.slots.provenance
+        for shard in self.slots.map.shards():
+            if not provenance.trusted(shard.primary):
+                continue
+            for address in shard.replicas:
+                health = self.health.get(address)
+                if health is not None and health.replid and health.offset is not None:
+                    health.believed_position = (health.replid, health.offset)
+
+    def believed(self, replica: Address, replid: str | None, offset: int | None) -> bool:
+        """Whether a replica that reports ``replid`` and ``offset`` still holds data derived
+        from the believed history (it has not resynced from a primary that came back with
+        older data: its offset did not go back, its history did not change)."""
+        health = self.health.get(replica)
+        position = None if health is None else health.believed_position
+        return (
+            position is not None
+            and replid == position[0]
+            and offset is not None
+            and offset >= position[1]
+        )
+
     def _derive_lag(self) -> None:
         now = self.now()
         for health in self.health.values():
@@ -246,7 +294,11 @@ class TopologyWatcher:
                     health.caught_up_at = now
             else:
                 health.lag_bytes = None
-                if health.caught_up_at is None and health.link_down_since_s is not None:
+                if (
+                    health.caught_up_at is None
+                    and health.link_down_since_s is not None
+                    and health.link_down_since_s >= 0  # -1: no link yet since it started
+                ):
                     # First seen with its link down: it stopped following that long ago.
                     health.caught_up_at = now - max(0.0, health.link_down_since_s)
 

@@ -36,6 +36,18 @@ def proc_state(pid: int) -> str | None:
     return fields[0] if fields else None
 
 
+def processes_in(directory: Path, name: str) -> list[int]:
+    """The live PIDs whose working directory is ``directory`` and whose command line names
+    ``name`` (a node's own process, and its forks: they keep its directory, and its port)."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            pid = int(entry.name)
+            if proc_cwd(pid) == directory and name in proc_cmdline(pid) and pid_alive(pid):
+                found.append(pid)
+    return found
+
+
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` is a running (or stopped) process; a zombie counts as gone."""
     state = proc_state(pid)

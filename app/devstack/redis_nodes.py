@@ -28,13 +28,14 @@ from app.devstack.processes import (
     proc_cmdline,
     proc_cwd,
     proc_state,
+    processes_in,
     read_pid,
     run,
     signal_checked,
     tail,
     wait_gone,
 )
-from app.devstack.resp import ping
+from app.devstack.resp import ping, redis_text
 
 _NODE_START_TIMEOUT_S = 10.0
 
@@ -112,12 +113,17 @@ class RedisNodes(StackBase):
         return pid
 
     def kill_node(self, port: int) -> None:
-        """SIGKILL the node on ``port`` (when it runs) and wait until its PID is gone."""
+        """SIGKILL the node on ``port`` (when it runs) and its forks (a child sending a sync or
+        writing a snapshot holds the listening port too), and wait until they are gone."""
         self._check_port(port)
         pid = self._signal_node(port, signal.SIGKILL)
         if pid is None:
             return
-        if wait_gone([pid], PROCESS_EXIT_TIMEOUT_S):
+        directory = self.node_dir(port)
+        forks = [p for p in processes_in(directory, "redis") if p != pid]
+        for fork in forks:  # left to init when their parent died: found by their directory
+            signal_checked(fork, signal.SIGKILL, lambda p: proc_cwd(p) == directory)
+        if wait_gone([pid, *forks], PROCESS_EXIT_TIMEOUT_S):
             raise StackError(f"redis node {port} (pid {pid}) is still alive after SIGKILL")
         with contextlib.suppress(FileNotFoundError):
             (self.node_dir(port) / "redis.pid").unlink()
@@ -133,6 +139,22 @@ class RedisNodes(StackBase):
         self._check_port(port)
         if self._signal_node(port, signal.SIGCONT) is None:
             raise StackError(f"redis node {port} is not running")
+
+    def snapshot_node(self, port: int) -> Path:
+        """Make the node write its data to ``dump.rdb`` now (``SAVE``); a node started again
+        loads it, so a later :meth:`kill_node` and :meth:`start_node` bring the node back with
+        the data of this moment, as ``save`` persistence does after a crash."""
+        self._check_port(port)
+        if redis_text(port, "SAVE", timeout_s=30) != "OK":
+            raise StackError(f"redis node {port}: SAVE failed")
+        return self.node_dir(port) / "dump.rdb"
+
+    def forget_snapshot(self, port: int) -> None:
+        """Delete the node's ``dump.rdb`` (a replica writes one at every full sync): the node
+        starts empty the next time."""
+        self._check_port(port)
+        with contextlib.suppress(FileNotFoundError):
+            (self.node_dir(port) / "dump.rdb").unlink()
 
     def start_node(self, port: int) -> None:
         """Start the node on ``port`` from its config and nodes.conf (a node that belonged to
@@ -159,7 +181,7 @@ class RedisNodes(StackBase):
                     self._say(f"redis {HOST}:{port} was paused: resumed (pid {pid})")
                 continue
             for busy in (port, port + BUS_PORT_OFFSET):
-                if not port_bindable(busy):
+                if not _bindable_soon(busy):
                     raise StackError(
                         f"port {busy} on {HOST} is in use by a process this stack did not start "
                         f"(needed by the Redis node {port}); stop it or choose another "
@@ -228,6 +250,19 @@ class RedisNodes(StackBase):
             f"redis: stopped {len(running)} node(s)" + (f" {running}" if running else "")
         ):
             self._stop_nodes(ports)
+
+
+def _bindable_soon(port: int, *, timeout_s: float = 5.0) -> bool:
+    """Whether ``port`` can be bound now or within ``timeout_s`` (a node just killed may take a
+    moment to release it: its sockets, a fork still exiting)."""
+    deadline = time.monotonic() + timeout_s
+    for _ in range(math.ceil(timeout_s / POLL_INTERVAL_S) + 1):
+        if port_bindable(port):
+            return True
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(POLL_INTERVAL_S)
+    return False
 
 
 def _redis_quote(path: Path) -> str:

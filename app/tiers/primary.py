@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import secrets
 
 from app.cluster.slot_router import SlotRouter
+from app.cluster.slots import Address
 from app.codec import (
+    MARK,
     POLL_FILL,
     SET_IF_NEWER,
+    UNLESS_TOMBSTONE_UNLINK,
     UNLOCK,
     Entry,
     Tombstone,
@@ -16,6 +21,7 @@ from app.codec import (
     encode_entry,
     encode_tombstone,
     lock_key,
+    marker_key,
 )
 from app.errors import TierUnavailableError
 from app.settings import RedisSettings
@@ -49,18 +55,22 @@ class PrimaryTier:
         self.slots = slots
         self.ttl_cap_ms = settings.ttl_cap_s * 1000
         self.tombstone_ttl_ms = settings.tombstone_ttl_s * 1000
+        self.key_prefix = settings.key_prefix
         self.large = large or LargeValues()
 
     async def get(self, ref: KeyRef, *, deadline: float) -> Copy:
+        """The primary's copy; ``behind_s`` is infinite when that primary's data is not
+        believed (it restarted, was promoted, changed history: ``Provenance``) until repaired."""
         size = self.large.size(ref.rkey)
         if size is None:
-            raw = await self.slots.execute(ref.rkey, b"GET", ref.rkey, deadline=deadline)
+            raw, address = await self.slots.read(ref.rkey, b"GET", ref.rkey, deadline=deadline)
         else:
-            raw = await self.slots.execute(
+            raw, address = await self.slots.read(
                 ref.rkey, b"GET", ref.rkey, deadline=deadline + transfer_s(size), bulk=True
             )
         self.large.saw(ref.rkey, len(raw) if isinstance(raw, bytes) else 0)
-        return parse_reply(raw, ref)
+        behind_s = 0.0 if self.slots.provenance.trusted(address) else math.inf
+        return parse_reply(raw, ref, behind_s=behind_s)
 
     async def put(
         self, ref: KeyRef, record: Entry | Tombstone, *, deadline: float, refresh: bool = False
@@ -112,3 +122,48 @@ class PrimaryTier:
             ref.rkey, b"EVAL", POLL_FILL, 2, ref.rkey, key, deadline=deadline
         )
         return parse_reply(raw, ref), bool(held)
+
+    # -- one node's data as a whole (``app/recovery.py``) ---------------------------------------
+
+    async def mark(
+        self, address: Address, slot: int, value: str, *, force: bool, deadline: float
+    ) -> bytes | None:
+        """Write the node's marker (``codec.MARK``); the marker found instead, when it names
+        another process of the node (and ``force`` is False)."""
+        found = await self.slots.execute_on(
+            address, b"EVAL", MARK, 1, marker_key(self.key_prefix, slot), value,
+            b"1" if force else b"0", readonly=False, deadline=deadline,
+        )  # fmt: skip
+        return found if isinstance(found, bytes) else None
+
+    async def marker(self, address: Address, slot: int, *, deadline: float) -> bytes | None:
+        found = await self.slots.execute_on(
+            address, b"GET", marker_key(self.key_prefix, slot), readonly=False, deadline=deadline
+        )
+        return found if isinstance(found, bytes) else None
+
+    async def empty(
+        self, address: Address, cursor: int, *, count: int, deadline: float
+    ) -> tuple[int, int]:
+        """One step of emptying the node of the gateway's keys (tombstones stay): the next SCAN
+        cursor (0 when done) and how many keys were removed."""
+        reply = await self.slots.execute_on(
+            address, b"SCAN", cursor, b"MATCH", self.key_prefix.encode() + b":*", b"COUNT", count,
+            readonly=False, deadline=deadline,
+        )  # fmt: skip
+        next_cursor, keys = int(reply[0]), list(reply[1])
+        removed = await asyncio.gather(
+            *(
+                self.slots.execute_on(
+                    address,
+                    b"EVAL",
+                    UNLESS_TOMBSTONE_UNLINK,
+                    1,
+                    key,
+                    readonly=False,
+                    deadline=deadline,
+                )
+                for key in keys
+            )
+        )
+        return next_cursor, sum(int(r) for r in removed)

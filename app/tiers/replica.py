@@ -7,8 +7,14 @@ replica may be behind its primary; the router decides whether that is within pol
 
 from __future__ import annotations
 
+import math
+
+from redis.exceptions import ResponseError
+
+from app.cluster.errors import translate
 from app.cluster.slot_router import SlotRouter
-from app.cluster.topology import TopologyWatcher
+from app.cluster.slots import Address, format_address
+from app.cluster.topology import TopologyWatcher, parse_info
 from app.errors import TierError, TierUnavailableError
 from app.tiers.base import Copy, KeyRef
 from app.tiers.primary import parse_reply
@@ -38,15 +44,37 @@ class ReplicaTier:
         size = self.large.size(ref.rkey)
         if size is not None:
             deadline += transfer_s(size)
+        # While the slot's primary is not believed (lost, restarted, promoted), a replica may
+        # have resynced from it onto older data: its position is asked with the read.
+        check = not self.slots.provenance.trusted(shard.primary)
+        commands: tuple[tuple[bytes, ...], ...] = ((b"GET", ref.rkey),)
+        if check:
+            commands += ((b"INFO", b"replication"),)
         for address in candidates:
             try:
-                raw = await self.slots.execute_on(
-                    address, b"GET", ref.rkey, readonly=True, deadline=deadline, route="replica",
+                replies = await self.slots.call_on(
+                    address, *commands, readonly=True, deadline=deadline, route="replica",
                     bulk=size is not None,
                 )  # fmt: skip
             except TierError as exc:
                 error = exc
                 continue
+            raw = replies[0]
+            if isinstance(raw, ResponseError):
+                error = translate(raw, route=f"replica@{format_address(address)}")
+                continue
             self.large.saw(ref.rkey, len(raw) if isinstance(raw, bytes) else 0)
-            return parse_reply(raw, ref, behind_s=self.watcher.behind_s(address))
+            behind_s = self.watcher.behind_s(address)
+            if check and not self._still_believed(address, replies[1]):
+                behind_s = math.inf
+            return parse_reply(raw, ref, behind_s=behind_s)
         raise error if error is not None else TierUnavailableError("no replica answered")
+
+    def _still_believed(self, address: Address, reply: object) -> bool:
+        if not isinstance(reply, bytes):
+            return False
+        info = parse_info(reply.decode("utf-8", "replace"))
+        offset = info.get("slave_repl_offset")
+        return self.watcher.believed(
+            address, info.get("master_replid"), int(offset) if offset and offset.isdigit() else None
+        )

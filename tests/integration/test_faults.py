@@ -271,7 +271,9 @@ async def test_a_delete_while_redis_is_down_is_never_undone(
                         assert (await client.get(f"/v1/keys/{key}")).status_code == 404
                         assert (await fresh.get(f"/v1/keys/{key}")).status_code == 404
                         await asyncio.sleep(0.1)
-    assert isinstance(cached(stack, key), Entry)
+    # The old value is still there, unless a gateway's recovery already emptied the node that
+    # came back with no marker (it restarted: its data is of no known age).
+    assert not isinstance(cached(stack, key), Tombstone)
     with gateway_process(stack, logs):  # one whose repairer runs: Redis gets the tombstone
         for _ in range(50):
             if isinstance(cached(stack, key), Tombstone):

@@ -22,6 +22,9 @@ class NodeState:
     offset: int = 1000
     primary_port: int = 0
     link: str = "up"
+    down_since_s: int = 7  # -1: a replica that never had a link (just started)
+    run_id: str = "a" * 40
+    replid: str = "1" * 40
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -43,18 +46,23 @@ class Cluster:
                     f"cluster_state:{state.state}\r\n"
                     "cluster_slots_assigned:16384\r\ncluster_slots_ok:16384\r\n"
                 )
-            if args[:2] == [b"INFO", b"replication"]:
+            if args[:3] == [b"INFO", b"server", b"replication"]:
+                server = f"# Server\r\nrun_id:{state.run_id}\r\n# Replication\r\n"
                 if state.role == "master":
-                    return f"# Replication\r\nrole:master\r\nmaster_repl_offset:{state.offset}\r\n"
+                    return (
+                        f"{server}role:master\r\nmaster_replid:{state.replid}\r\n"
+                        f"master_repl_offset:{state.offset}\r\n"
+                    )
                 lines = [
-                    "role:slave",
+                    server + "role:slave",
+                    f"master_replid:{state.replid}",
                     "master_host:127.0.0.1",
                     f"master_port:{self.nodes['p'].port}",
                     f"master_link_status:{state.link}",
                     f"slave_repl_offset:{state.offset}",
                 ]
                 if state.link != "up":
-                    lines.append("master_link_down_since_seconds:7")
+                    lines.append(f"master_link_down_since_seconds:{state.down_since_s}")
                 return "\r\n".join(lines) + "\r\n"
             return None
 
@@ -165,3 +173,53 @@ async def test_an_unreachable_node_is_marked_so(cluster: Cluster) -> None:
 
 def test_parse_info() -> None:
     assert parse_info("# Replication\r\nrole:master\r\nx:1:2\r\n") == {"role": "master", "x": "1:2"}
+
+
+async def test_a_primary_that_restarted_or_changed_history_is_not_believed(
+    cluster: Cluster,
+) -> None:
+    clock = FakeClock()
+    slots, watcher = await watcher_for(cluster, clock)
+    try:
+        primary = cluster.nodes["p"].address
+        assert slots.provenance.trusted(primary)
+        cluster.primary.run_id = "b" * 40  # the same address, a new process
+        await watcher.poll_once()
+        assert not slots.provenance.trusted(primary)
+        assert slots.provenance.suspects()[primary].reason == "restarted"
+        slots.provenance.repaired(primary, slots.provenance.suspects()[primary])
+        assert slots.provenance.trusted(primary)
+        cluster.primary.replid = "2" * 40  # the same process, a new replication history
+        await watcher.poll_once()
+        assert slots.provenance.suspects()[primary].reason == "new replication history"
+    finally:
+        await slots.aclose()
+
+
+async def test_a_lost_contact_is_verified_by_the_next_unchanged_look(cluster: Cluster) -> None:
+    clock = FakeClock()
+    slots, watcher = await watcher_for(cluster, clock)
+    try:
+        primary = cluster.nodes["p"].address
+        slots.provenance.lost_contact(primary)
+        assert not slots.provenance.trusted(primary)
+        await watcher.poll_once()
+        assert slots.provenance.trusted(primary)
+    finally:
+        await slots.aclose()
+
+
+async def test_a_replica_that_restarted_is_not_taken_as_caught_up(cluster: Cluster) -> None:
+    clock = FakeClock()
+    slots, watcher = await watcher_for(cluster, clock)
+    try:
+        replica = cluster.nodes["r"].address
+        assert watcher.behind_s(replica) == 0.0
+        cluster.replica.run_id = "c" * 40
+        cluster.replica.link = "down"
+        cluster.replica.down_since_s = -1  # what Redis says before its first link
+        await watcher.poll_once()
+        assert watcher.behind_s(replica) == math.inf
+        assert slots.provenance.trusted(replica)  # replicas are never suspect as such
+    finally:
+        await slots.aclose()
