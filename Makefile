@@ -8,7 +8,7 @@ PIP_VERSION := 26.3
 STAMP := $(VENV)/.installed
 
 .PHONY: help install system-deps system-deps-test run serve down status test lint fmt lock clean \
-	bench bench-failover bench-versions bench-outbox
+	bench bench-failover bench-versions bench-outbox soak
 
 help:
 	@echo "make run    install, start the local stack, migrate, serve on http://127.0.0.1:$(PORT)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-failover   a primary killed under load: gateway vs a naive proxy"
 	@echo "make bench-versions   the version map: cost per note, memory per key, loop stalls"
 	@echo "make bench-outbox     300 PUT/s for 60 s: does the outbox stay bounded?"
+	@echo "make soak             10 minutes (SOAK_S) of writes, reads and a fault a minute, checked"
 
 install: system-deps $(STAMP)
 
@@ -70,6 +71,13 @@ bench-versions: install
 # bound (own stack; exits 1 when the outbox grows past it).
 bench-outbox: install
 	$(BIN)/python -m bench.outbox
+
+# Two workers, one writer per key, 32 readers, a fault every minute (primary SIGKILL, primary
+# from an older snapshot, replica restarted empty, Postgres restart, feed listeners killed);
+# every read checked against the history. SOAK_S seconds (default 600). Exits 1 on a violation.
+SOAK_S ?= 600
+soak: install
+	SOAK_S=$(SOAK_S) $(BIN)/python -m bench.soak
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests alembic bench

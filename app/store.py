@@ -302,7 +302,13 @@ class Store:
                     reset=_no_reset,
                 )
                 break
-            except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except (
+                TimeoutError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+                OSError,
+            ) as exc:
                 if min_size == 0:
                     raise StoreUnavailableError(f"store: pool: {type(exc).__name__}") from exc
         with contextlib.suppress(StoreUnavailableError):
@@ -381,7 +387,12 @@ class Store:
             if breaker is not None:
                 breaker.release()  # every connection busy, or a slow connect: nothing was sent
             raise StoreUnavailableError(f"store: {operation}: no connection in time") from exc
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            OSError,
+        ) as exc:
             telemetry.STORE_QUERIES.labels(operation=operation, outcome="error").inc()
             if breaker is not None:
                 breaker.record(ok=False, duration_s=0.0)
@@ -395,7 +406,7 @@ class Store:
             if breaker is not None:
                 breaker.release()
             raise
-        except (TimeoutError, asyncpg.InterfaceError, OSError) as exc:
+        except (TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as exc:
             self._release_later(pool, conn)
             outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
             telemetry.STORE_QUERIES.labels(operation=operation, outcome=outcome).inc()
@@ -423,11 +434,13 @@ class Store:
         return result
 
     def _release_later(self, pool: asyncpg.Pool[asyncpg.Record], conn: Any) -> None:
-        """Give back a connection after a failure (asyncpg may first wait for the server to
-        acknowledge a cancellation) without making the caller wait for it."""
+        """Give back a connection after a failure: closed first (its state is unknown: a query
+        being cancelled, a broken socket), so it is never handed out again half-used; the pool
+        opens a new one when needed. The caller does not wait for it."""
 
         async def release() -> None:
             with contextlib.suppress(Exception):
+                conn.terminate()
                 await pool.release(conn, timeout=self.settings.connect_timeout_s)
 
         task = asyncio.get_running_loop().create_task(release())
@@ -461,7 +474,13 @@ class Store:
                 await conn.add_listener(channel, lambda _c, _pid, _ch, payload: on_message(payload))
         except asyncio.CancelledError:
             raise
-        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (
+            TimeoutError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            OSError,
+        ) as exc:
             raise StoreUnavailableError(f"listen: {type(exc).__name__}") from exc
         conn.add_termination_listener(lambda _c: on_lost())
         return Listener(conn)
@@ -624,7 +643,12 @@ class Store:
         except TimeoutError as exc:
             telemetry.STORE_QUERIES.labels(operation=operation, outcome="timeout").inc()
             raise StoreUnavailableError(f"store: {operation} timed out") from exc
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            OSError,
+        ) as exc:
             telemetry.STORE_QUERIES.labels(operation=operation, outcome="error").inc()
             raise StoreUnavailableError(f"store: {operation}: {type(exc).__name__}") from exc
 
@@ -712,7 +736,13 @@ class Listener:
                 row = await self._conn.fetchrow(SQL_POSITION)
         except asyncio.CancelledError:
             raise
-        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (
+            TimeoutError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            OSError,
+        ) as exc:
             raise StoreUnavailableError(f"listener: {type(exc).__name__}") from exc
         if row is None:
             raise StoreUnavailableError("listener: no answer to the position query")
@@ -721,7 +751,13 @@ class Listener:
     async def aclose(self) -> None:
         try:
             await asyncio.wait_for(self._conn.close(), timeout=2)
-        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        except (
+            TimeoutError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            OSError,
+        ):
             self._conn.terminate()
 
 

@@ -1,0 +1,140 @@
+"""A history checker for one writer per key: every read against the operations around it.
+
+Each key has one writer, so its operations never overlap one another; each write's body is
+unique, so a read's body names the write it came from. A read that started at ``s`` and ended at
+``e`` may answer:
+
+* the state left by the last operation *acknowledged* before ``s`` (its version, or absent after
+  a delete), or the state of any operation that overlaps the read (it may or may not be visible
+  yet), or of any operation whose outcome is unknown (a 503 ``write-outcome-unknown``, a broken
+  connection) issued since that acknowledgement: it may have committed;
+* if the answer says it is stale (``Cache-Status: ... fwd=stale``), any state that was current
+  up to its declared age before ``s`` (``Age``, plus a second for rounding).
+
+Anything else is a violation: a value never written, a body under another write's ETag, a
+version older than an acknowledged write (beyond the declared staleness), a 404 for a key that
+exists, or a value for a key acknowledged deleted. At the end, each key's final state in the
+store is compared with its last acknowledged operation: a difference is a lost write.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Literal
+
+Outcome = Literal["ok", "failed", "unknown"]
+ABSENT: tuple[None, None] = (None, None)  # a state: (body, version); absent is (None, None)
+STALENESS_SLACK_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """A write or a delete. ``version`` is the ETag of an acknowledged PUT."""
+
+    kind: Literal["put", "delete"]
+    start: float
+    end: float
+    outcome: Outcome
+    body: bytes | None = None
+    version: int | None = None
+
+    @property
+    def state(self) -> tuple[bytes | None, int | None]:
+        return (self.body, self.version) if self.kind == "put" else ABSENT
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    start: float
+    end: float
+    status: int
+    body: bytes = b""
+    version: int | None = None
+    stale: bool = False
+    age_s: float = 0.0
+
+
+@dataclass
+class KeyHistory:
+    ops: list[Op] = field(default_factory=list)  # in order: one writer, no overlap
+    reads: list[Read] = field(default_factory=list)
+
+
+def _effective(ops: list[Op]) -> list[Op]:
+    return [op for op in ops if op.outcome != "failed"]
+
+
+def allowed_states(
+    ops: list[Op], start: float, end: float
+) -> list[tuple[bytes | None, int | None]]:
+    """What a fresh read over [start, end] may see (bodies, versions; ABSENT for none)."""
+    effective = _effective(ops)
+    ends = [op.end for op in effective]
+    # The last acknowledged operation finished before the read began: its state at least.
+    baseline = ABSENT
+    first = 0
+    for i in range(bisect.bisect_left(ends, start) - 1, -1, -1):
+        if effective[i].outcome == "ok":
+            baseline = effective[i].state
+            first = i + 1
+            break
+    states = [baseline]
+    for op in effective[first:]:
+        if op.start >= end:
+            break
+        states.append(op.state)  # overlapping, or of unknown outcome since the baseline
+    return states
+
+
+def states_since(ops: list[Op], since: float, end: float) -> list[tuple[bytes | None, int | None]]:
+    """Every state current at some moment in [since, end] (for answers marked stale)."""
+    states = allowed_states(ops, since, since)
+    for op in _effective(ops):
+        if since <= op.end and op.start < end:
+            states.append(op.state)
+    return states
+
+
+def check_read(history: KeyHistory, read: Read, written: dict[bytes, Op]) -> str | None:
+    """None when the read is consistent with the history; else what is wrong with it."""
+    if read.status not in (200, 404):
+        return None  # unavailable is not wrong (counted apart)
+    if read.status == 200:
+        op = written.get(read.body)
+        if op is None or op.kind != "put":
+            return "a value that was never written"
+        if op.version is not None and read.version != op.version:
+            return f"the body of version {op.version} under ETag {read.version}"
+        seen: tuple[bytes | None, int | None] = (read.body, op.version)
+    else:
+        seen = ABSENT
+    if read.stale:
+        since = read.start - read.age_s - STALENESS_SLACK_S
+        allowed = states_since(history.ops, since, read.end)
+    else:
+        allowed = allowed_states(history.ops, read.start, read.end)
+    bodies = {body for body, _ in allowed}
+    if seen[0] in bodies:
+        return None
+    newest = allowed[0]
+    if seen == ABSENT:
+        return f"404 for a key that exists (version {newest[1]} acknowledged before the read)"
+    if newest == ABSENT:
+        return f"version {seen[1]} of a key acknowledged deleted before the read"
+    return f"version {seen[1]} older than version {newest[1]} acknowledged before the read"
+
+
+def last_acknowledged(ops: list[Op]) -> list[tuple[bytes | None, int | None]]:
+    """The final states the store may hold: the last acknowledged operation's, and those of
+    the unknown-outcome operations after it."""
+    effective = _effective(ops)
+    final: list[tuple[bytes | None, int | None]] = [ABSENT]
+    start = 0
+    for i in range(len(effective) - 1, -1, -1):
+        if effective[i].outcome == "ok":
+            final = [effective[i].state]
+            start = i + 1
+            break
+    final += [op.state for op in effective[start:]]
+    return final
