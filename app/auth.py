@@ -7,9 +7,10 @@ every ``refresh_s``, so a revoked key stops working within that time in every pr
 
 A key this process has not heard of (made a moment ago) is looked up in the store by its prefix
 at once, one lookup per prefix at a time; a prefix the store does not know is remembered as
-unknown for ``refresh_s``, and lookups are limited to ``LOOKUPS_PER_S`` per process, so random
-keys cannot flood Postgres. While the table cannot be loaded at all (Postgres down since start),
-the answer is 503 ``auth-unavailable``, never 401: the key may well be valid.
+unknown for ``refresh_s``, and lookups are limited to ``LOOKUPS_PER_S`` per process (past that,
+503 ``auth-unavailable``: the key cannot be checked now), so random keys cannot flood Postgres.
+While the table cannot be loaded at all (Postgres down since start), the answer is 503
+``auth-unavailable``, never 401: the key may well be valid.
 
 Each key has a token bucket (per process): ``rate_per_s`` refill, ``burst`` capacity.
 """
@@ -212,7 +213,7 @@ class ApiKeys:
         ``RELOAD_RETRY_S`` (requests meanwhile share the attempt), else AuthUnavailableError."""
         if self.clock() - self._reload_tried_at >= RELOAD_RETRY_S:
             deadline = asyncio.get_running_loop().time() + 2.0
-            with contextlib.suppress(StoreError):
+            with contextlib.suppress(StoreError, TimeoutError):
                 await self._lookups.do(("reload",), self._reload_none, deadline=deadline)
         if not self.loaded:
             raise AuthUnavailableError(
@@ -229,11 +230,16 @@ class ApiKeys:
             return None  # not a prefix this gateway makes
         if self._unknown.get(prefix, 0.0) > now:
             return None
-        budget = self._lookup_budget
-        if budget is None:
-            budget = self._lookup_budget = _Bucket(LOOKUPS_PER_S, LOOKUPS_PER_S, LOOKUPS_PER_S, now)
-        if budget.take(now) > 0:
-            return None  # over the lookup budget: unknown, as far as this process knows
+        if not self._lookups.in_flight(prefix):  # joining a lookup under way costs nothing
+            budget = self._lookup_budget
+            if budget is None:
+                budget = self._lookup_budget = _Bucket(
+                    LOOKUPS_PER_S, LOOKUPS_PER_S, LOOKUPS_PER_S, now
+                )
+            if budget.take(now) > 0:
+                # Over the lookup budget (a flood of keys nobody made): the key cannot be
+                # checked now, which is not the same as invalid.
+                raise AuthUnavailableError("too many unknown API keys to check; retry shortly")
         deadline = asyncio.get_running_loop().time() + LOOKUP_TIMEOUT_S
         try:
             row = await self._lookups.do(

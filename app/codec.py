@@ -89,16 +89,22 @@ def lock_key(rkey: bytes) -> bytes | None:
     return None
 
 
-# KEYS[1] a node's marker; ARGV[1] "<marked_at> <oldest_pending_at>"; ARGV[2] "1" to overwrite
-# whatever is there (after a repair). The marker starts with the run_id of the process that
-# holds it when it is written, read by the script itself: a marker that names another process
-# came back with old data (a snapshot, a replica's copy). It is returned and left alone then;
-# else the marker is written and nil returned.
+# KEYS[1] a node's marker; ARGV[1] "<marked_at> <oldest_pending_at>"; ARGV[2] the mode;
+# ARGV[3] (mode "repaired") the marker as it was when the repair began.
+# The marker starts with the run_id of the process that holds it when it is written, read by the
+# script itself: a marker that names another process came back with old data (a snapshot, a
+# replica's copy). Mode "mark": write it unless it names another process (then return it).
+# Mode "repaired": write it if it is still as the repair found it, or names this process (another
+# gateway repaired it meanwhile); else return it (the node came back again during the repair).
+# Returns nil when written.
 MARK = b"""
 local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
 local current = redis.call('GET', KEYS[1])
-if current and ARGV[2] ~= '1' and string.sub(current, 1, #run_id) ~= run_id then
-  return current
+local ours = current and string.sub(current, 1, #run_id) == run_id
+if current and not ours then
+  if ARGV[2] ~= 'repaired' or current ~= ARGV[3] then return current end
+elseif not current and ARGV[2] == 'repaired' and ARGV[3] ~= '' then
+  return ''
 end
 redis.call('SET', KEYS[1], run_id .. ' ' .. ARGV[1])
 return false

@@ -162,7 +162,7 @@ class Outbox:
     async def repair_key(self, namespace: str, key: str, seq: int) -> None:
         """Bring Redis to the store's current state for one key (idempotent, order-free)."""
         ref = KeyRef(namespace, key, redis_key(self.key_prefix, namespace, key))
-        entry = await self.store.get(namespace, key, deadline=self._deadline())
+        entry = await self.store.get(namespace, key, deadline=self._deadline(), background=True)
         record = entry if entry is not None else Tombstone(seq)
         written = await self.cache.put(ref, record, deadline=self._deadline())
         telemetry.CACHE_UPDATES.labels(

@@ -37,12 +37,14 @@ from app.codec import redis_key
 from app.errors import StoreError, TierError, TierTimeoutError
 from app.outbox import Outbox
 from app.settings import OutboxSettings
-from app.store import Store
+from app.store import OutboxRow, Store
 from app.tiers.primary import PrimaryTier
 
 log = logging.getLogger(__name__)
 
-TXN_MARGIN_S = 10.0  # longer than any write transaction (writes have a 2 s deadline by default)
+# Longer than any write transaction: a write is one statement, and no statement on the gateway's
+# connections runs longer than ``store.STATEMENT_TIMEOUT_MS`` (5 s).
+TXN_MARGIN_S = 10.0
 RETENTION_MARGIN_S = 5.0  # rows this close to the end of their retention may be pruned meanwhile
 REPAIR_LIMIT = 100_000
 EMPTY_BATCH = 1000
@@ -84,10 +86,15 @@ def replay_from(marker: Marker | None, *, now: float, retain_s: float) -> float 
 
 
 @dataclass
-class _Emptying:
+class _Repair:
+    """One repair under way, resumed round after round (each round has a time budget)."""
+
     suspicion: Suspicion
-    cursor: int = 0
-    removed: int = 0
+    marker: bytes | None  # the node's marker when the repair began
+    rows: list[OutboxRow] | None  # to replay; None: the node is being emptied
+    next_row: int = 0
+    cursor: int = 0  # SCAN position while emptying
+    count: int = 0  # keys replayed or removed so far
 
 
 @dataclass
@@ -97,7 +104,7 @@ class Recovery:
     primary: PrimaryTier
     outbox: Outbox
     settings: OutboxSettings
-    _emptying: dict[Address, _Emptying] = field(default_factory=dict)
+    _repairs: dict[Address, _Repair] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -121,16 +128,19 @@ class Recovery:
         return asyncio.get_running_loop().time() + CALL_TIMEOUT_S
 
     async def round(self) -> None:
-        """Repair what is suspect, then mark every believed primary."""
+        """Repair what is suspect (a step each), then mark every believed primary."""
         now, pending_at = await self.store.mark_times(deadline=self._deadline())
-        for address, suspicion in self.slots.provenance.suspects().items():
+        suspects = self.slots.provenance.suspects()
+        for address in [a for a in self._repairs if a not in suspects]:
+            del self._repairs[address]
+        for address, suspicion in suspects.items():
             shard = self._shard_of(address)
             if shard is None:  # no longer a primary: nothing of it is read
                 self.slots.provenance.repaired(address, suspicion)
                 continue
             try:
                 await self._repair(address, shard, suspicion, now=now)
-            except TierError as exc:
+            except (TierError, StoreError) as exc:
                 log.info("repair of %s: %s (next round)", format_address(address), exc)
         await self.mark(now, pending_at)
 
@@ -142,7 +152,7 @@ class Recovery:
                 continue  # a suspect's marker is what its repair reads: left as it came back
             try:
                 found = await self.primary.mark(
-                    address, shard.ranges[0][0], value, force=False, deadline=self._deadline()
+                    address, shard.ranges[0][0], value, deadline=self._deadline()
                 )
             except TierError as exc:
                 if not isinstance(exc, TierTimeoutError):
@@ -157,65 +167,82 @@ class Recovery:
     async def _repair(
         self, address: Address, shard: Shard, suspicion: Suspicion, *, now: float
     ) -> None:
-        emptying = self._emptying.get(address)
-        if emptying is not None and emptying.suspicion != suspicion:
-            emptying = None  # a newer suspicion: start over
-        if emptying is None:
-            slot = shard.ranges[0][0]
-            marker = Marker.parse(
-                await self.primary.marker(address, slot, deadline=self._deadline())
-            )
-            since = replay_from(marker, now=now, retain_s=self.settings.retain_s)
-            if since is not None and await self._replay(address, since):
-                await self._done(address, shard, suspicion, now=now, how="replayed")
-                return
-            emptying = self._emptying[address] = _Emptying(suspicion)
-            log.warning(
-                "primary %s: its data is older than the outbox can vouch for (%s): emptying it "
-                "of the gateway's keys", format_address(address),
-                "no marker" if marker is None else f"current until {marker.current_until:.0f}",
-            )  # fmt: skip
+        repair = self._repairs.get(address)
+        if repair is None or repair.suspicion != suspicion:
+            repair = self._repairs[address] = await self._plan(address, shard, suspicion, now)
         loop = asyncio.get_running_loop()
         until = loop.time() + STEP_BUDGET_S
-        while loop.time() < until:
-            emptying.cursor, removed = await self.primary.empty(
-                address, emptying.cursor, count=EMPTY_BATCH, deadline=self._deadline()
-            )
-            emptying.removed += removed
-            telemetry.PRIMARY_REPAIR_KEYS.labels(how="removed").inc(removed)
-            if emptying.cursor == 0:
-                del self._emptying[address]
-                await self._done(address, shard, suspicion, now=now, how="emptied")
-                return
+        if repair.rows is not None:
+            done = await self._replay(address, repair, repair.rows, until)
+        else:
+            done = await self._empty(address, repair, until)
+        if done:
+            del self._repairs[address]
+            await self._done(address, shard, repair, now=now)
 
-    async def _replay(self, address: Address, since: float) -> bool:
-        """Replay into ``address`` the newest row of every key of its slots written since
-        ``since``; False when there are too many to say (the node is emptied instead)."""
-        rows = await self.store.outbox_since(since, limit=REPAIR_LIMIT, deadline=self._deadline())
-        if len(rows) >= REPAIR_LIMIT:
-            return False
-        prefix = self.primary.key_prefix
-        replayed = 0
-        for row in rows:
-            shard = self.slots.map.slots[key_slot(redis_key(prefix, row.namespace, row.key))]
-            if shard is None or shard.primary != address:
-                continue
-            await self.outbox.repair_key(row.namespace, row.key, row.seq)
-            replayed += 1
-        telemetry.PRIMARY_REPAIR_KEYS.labels(how="replayed").inc(replayed)
+    async def _plan(
+        self, address: Address, shard: Shard, suspicion: Suspicion, now: float
+    ) -> _Repair:
+        raw = await self.primary.marker(address, shard.ranges[0][0], deadline=self._deadline())
+        marker = Marker.parse(raw)
+        since = replay_from(marker, now=now, retain_s=self.settings.retain_s)
+        if since is not None:
+            rows = await self.store.outbox_since(
+                since, limit=REPAIR_LIMIT, deadline=self._deadline()
+            )
+            if len(rows) < REPAIR_LIMIT:
+                return _Repair(suspicion, raw, rows)
         log.warning(
-            "primary %s: replayed %d writes since its marker", format_address(address), replayed
-        )
+            "primary %s: its data is older than the outbox can vouch for (%s): emptying it of "
+            "the gateway's keys", format_address(address),
+            "no marker" if marker is None else f"current until {marker.current_until:.0f}",
+        )  # fmt: skip
+        return _Repair(suspicion, raw, None)
+
+    async def _replay(
+        self, address: Address, repair: _Repair, rows: list[OutboxRow], until: float
+    ) -> bool:
+        """Replay into ``address`` the rows of its slots, from where the last step stopped;
+        True when all are done."""
+        prefix = self.primary.key_prefix
+        loop = asyncio.get_running_loop()
+        while repair.next_row < len(rows):
+            if loop.time() >= until:
+                return False
+            row = rows[repair.next_row]
+            shard = self.slots.map.slots[key_slot(redis_key(prefix, row.namespace, row.key))]
+            if shard is not None and shard.primary == address:
+                await self.outbox.repair_key(row.namespace, row.key, row.seq)
+                repair.count += 1
+                telemetry.PRIMARY_REPAIR_KEYS.labels(how="replayed").inc()
+            repair.next_row += 1
         return True
 
-    async def _done(
-        self, address: Address, shard: Shard, suspicion: Suspicion, *, now: float, how: str
-    ) -> None:
+    async def _empty(self, address: Address, repair: _Repair, until: float) -> bool:
+        loop = asyncio.get_running_loop()
+        while loop.time() < until:
+            repair.cursor, removed = await self.primary.empty(
+                address, repair.cursor, count=EMPTY_BATCH, deadline=self._deadline()
+            )
+            repair.count += removed
+            telemetry.PRIMARY_REPAIR_KEYS.labels(how="removed").inc(removed)
+            if repair.cursor == 0:
+                return True
+        return False
+
+    async def _done(self, address: Address, shard: Shard, repair: _Repair, *, now: float) -> None:
+        how = "replayed" if repair.rows is not None else "emptied"
         _, pending_at = await self.store.mark_times(deadline=self._deadline())
-        await self.primary.mark(
-            address, shard.ranges[0][0], f"{now:.3f} {pending_at:.3f}", force=True,
-            deadline=self._deadline(),
+        found = await self.primary.mark(
+            address, shard.ranges[0][0], f"{now:.3f} {pending_at:.3f}", repaired=True,
+            repaired_from=repair.marker, deadline=self._deadline(),
         )  # fmt: skip
-        self.slots.provenance.repaired(address, suspicion)
-        telemetry.PRIMARY_REPAIRS.labels(how=how).inc()
-        log.warning("primary %s repaired (%s): believed again", format_address(address), how)
+        if found is not None:  # its marker changed under the repair: it came back again
+            self.slots.provenance.suspect(address, "came back again during its repair")
+            return
+        if self.slots.provenance.repaired(address, repair.suspicion):
+            telemetry.PRIMARY_REPAIRS.labels(how=how).inc()
+            log.warning(
+                "primary %s repaired (%s, %d keys): believed again",
+                format_address(address), how, repair.count,
+            )  # fmt: skip

@@ -214,10 +214,10 @@ class FallbackRouter:
             else:
                 primary_answered = True
                 record = copy.record
+                attempt.primary_believed = copy.behind_s == 0
                 if isinstance(record, Entry) and copy.behind_s > 0:
                     # Its data is not believed now (it restarted, or was promoted, and is not
                     # repaired yet): the store answers, and the fill repairs this key.
-                    attempt.primary_believed = False
                     telemetry.tier_result("primary", "untrusted")
                 elif isinstance(record, Entry) and record.seq >= attempt.floor:
                     if not record.expired(now_ms()):

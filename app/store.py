@@ -207,6 +207,17 @@ DELETE FROM entries e
 """
 
 
+# What asyncpg raises when Postgres cannot be reached or refuses (InternalClientError is not an
+# InterfaceError, and leaks from a connection in a bad state).
+DRIVER_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+)
+DRIVER_ERRORS_OR_TIMEOUT: tuple[type[Exception], ...] = (TimeoutError, *DRIVER_ERRORS)
+# The longest a statement (or a lock wait, or an idle transaction) may take on a pool connection.
+STATEMENT_TIMEOUT_MS = 5000
 # The operations whose outcome is unknown when their reply does not come.
 WRITES = frozenset({"put", "delete", "invalidate"})
 
@@ -300,15 +311,16 @@ class Store:
                     timeout=self.settings.connect_timeout_s,
                     command_timeout=None,
                     reset=_no_reset,
+                    # No statement (a write is one) outlives its client's interest for long:
+                    # the recovery's replay margin counts on it.
+                    server_settings={
+                        "statement_timeout": str(STATEMENT_TIMEOUT_MS),
+                        "lock_timeout": str(STATEMENT_TIMEOUT_MS),
+                        "idle_in_transaction_session_timeout": str(STATEMENT_TIMEOUT_MS),
+                    },
                 )
                 break
-            except (
-                TimeoutError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                asyncpg.InternalClientError,
-                OSError,
-            ) as exc:
+            except DRIVER_ERRORS_OR_TIMEOUT as exc:
                 if min_size == 0:
                     raise StoreUnavailableError(f"store: pool: {type(exc).__name__}") from exc
         with contextlib.suppress(StoreUnavailableError):
@@ -387,12 +399,7 @@ class Store:
             if breaker is not None:
                 breaker.release()  # every connection busy, or a slow connect: nothing was sent
             raise StoreUnavailableError(f"store: {operation}: no connection in time") from exc
-        except (
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            asyncpg.InternalClientError,
-            OSError,
-        ) as exc:
+        except DRIVER_ERRORS as exc:
             telemetry.STORE_QUERIES.labels(operation=operation, outcome="error").inc()
             if breaker is not None:
                 breaker.record(ok=False, duration_s=0.0)
@@ -474,21 +481,20 @@ class Store:
                 await conn.add_listener(channel, lambda _c, _pid, _ch, payload: on_message(payload))
         except asyncio.CancelledError:
             raise
-        except (
-            TimeoutError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            asyncpg.InternalClientError,
-            OSError,
-        ) as exc:
+        except DRIVER_ERRORS_OR_TIMEOUT as exc:
             raise StoreUnavailableError(f"listen: {type(exc).__name__}") from exc
         conn.add_termination_listener(lambda _c: on_lost())
         return Listener(conn)
 
-    async def get(self, namespace: str, key: str, *, deadline: float) -> Entry | None:
+    async def get(
+        self, namespace: str, key: str, *, deadline: float, background: bool = False
+    ) -> Entry | None:
+        """The key's live entry. ``background`` (repairs): not under the read route's breaker,
+        which is the request path's."""
         row = await self._run(
-            "get", "fetchrow", SQL_GET, namespace, key, deadline=deadline, route="read"
-        )
+            "get", "fetchrow", SQL_GET, namespace, key, deadline=deadline,
+            route=None if background else "read",
+        )  # fmt: skip
         if row is None:
             return None
         return Entry(
@@ -624,14 +630,21 @@ class Store:
             raise StoreUnavailableError("store not started")
         count = 0
         with self._translated("outbox_pending"):
-            async with asyncio.timeout_at(deadline), pool.acquire() as conn, conn.transaction():
-                cursor = await conn.cursor(SQL_OUTBOX_PENDING, limit)
-                while True:
-                    rows = await cursor.fetch(chunk)
-                    count += len(rows)
-                    on_rows([(r[0], r[1], r[2]) for r in rows])
-                    if len(rows) < chunk:
-                        break
+            async with asyncio.timeout_at(deadline):
+                conn = await pool.acquire()
+            try:
+                async with asyncio.timeout_at(deadline), conn.transaction():
+                    cursor = await conn.cursor(SQL_OUTBOX_PENDING, limit)
+                    while True:
+                        rows = await cursor.fetch(chunk)
+                        count += len(rows)
+                        on_rows([(r[0], r[1], r[2]) for r in rows])
+                        if len(rows) < chunk:
+                            break
+            except BaseException:
+                self._release_later(pool, conn)  # closed first: its state is not known
+                raise
+            await pool.release(conn)
         telemetry.STORE_QUERIES.labels(operation="outbox_pending", outcome="ok").inc()
         return count
 
@@ -643,12 +656,7 @@ class Store:
         except TimeoutError as exc:
             telemetry.STORE_QUERIES.labels(operation=operation, outcome="timeout").inc()
             raise StoreUnavailableError(f"store: {operation} timed out") from exc
-        except (
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            asyncpg.InternalClientError,
-            OSError,
-        ) as exc:
+        except DRIVER_ERRORS as exc:
             telemetry.STORE_QUERIES.labels(operation=operation, outcome="error").inc()
             raise StoreUnavailableError(f"store: {operation}: {type(exc).__name__}") from exc
 
@@ -736,13 +744,7 @@ class Listener:
                 row = await self._conn.fetchrow(SQL_POSITION)
         except asyncio.CancelledError:
             raise
-        except (
-            TimeoutError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            asyncpg.InternalClientError,
-            OSError,
-        ) as exc:
+        except DRIVER_ERRORS_OR_TIMEOUT as exc:
             raise StoreUnavailableError(f"listener: {type(exc).__name__}") from exc
         if row is None:
             raise StoreUnavailableError("listener: no answer to the position query")
@@ -751,13 +753,7 @@ class Listener:
     async def aclose(self) -> None:
         try:
             await asyncio.wait_for(self._conn.close(), timeout=2)
-        except (
-            TimeoutError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            asyncpg.InternalClientError,
-            OSError,
-        ):
+        except DRIVER_ERRORS_OR_TIMEOUT:
             self._conn.terminate()
 
 

@@ -19,10 +19,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from app.cluster.slots import key_slot
-from app.devstack import Stack, StackConfig, find_free_base_port, find_free_port
+from app.devstack import Stack, find_free_port
 from tests.integration.cluster_ops import owner_of
 from tests.integration.rawhttp import Connection
 from tests.integration.served import served
+from tests.integration.stacks import full_stack
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -44,29 +45,11 @@ def redis_key(target: str, key: str) -> bytes:
 
 @contextlib.contextmanager
 def bench_stack(*, node_timeout_ms: int = 2000) -> Iterator[Stack]:
-    root = REPO / ".bench-stack"
-    base = find_free_base_port()
-    redis_ports = {base + i for i in range(6)} | {base + 10000 + i for i in range(6)}
-    pg_port = find_free_port(avoid=frozenset(redis_ports))
-    stack = Stack(
-        StackConfig(
-            root=root,
-            redis_base_port=base,
-            pg_port=pg_port,
-            cluster_node_timeout_ms=node_timeout_ms,
-        ),
+    with full_stack(
+        REPO / ".bench-stack", node_timeout_ms=node_timeout_ms,
         echo=lambda line: print(f"  stack: {line}", flush=True),
-    )
-    try:
-        stack.up()
-        env = {**os.environ, **stack.env()}
-        subprocess.run(
-            [sys.executable, "-m", "app.cli", "migrate", "up"], cwd=REPO, env=env, check=True,
-            capture_output=True, timeout=120,
-        )  # fmt: skip
+    ) as stack:  # fmt: skip
         yield stack
-    finally:
-        stack.down(purge=True)
 
 
 TRACE_SAMPLE_RATIO = "0.01"

@@ -11,10 +11,11 @@ unique, so a read's body names the write it came from. A read that started at ``
 * if the answer says it is stale (``Cache-Status: ... fwd=stale``), any state that was current
   up to its declared age before ``s`` (``Age``, plus a second for rounding).
 
-Anything else is a violation: a value never written, a body under another write's ETag, a
-version older than an acknowledged write (beyond the declared staleness), a 404 for a key that
-exists, or a value for a key acknowledged deleted. At the end, each key's final state in the
-store is compared with its last acknowledged operation: a difference is a lost write.
+Anything else is a violation: a 500 (a bug), a 401 or 403 (the key is valid), a value never
+written, a body under another write's ETag, a version older than an acknowledged write (beyond
+the declared staleness), a 404 for a key that exists, or a value for a key acknowledged deleted.
+At the end, each key's final state in the store is compared with its last acknowledged
+operation: a difference is a lost write.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Literal
 Outcome = Literal["ok", "failed", "unknown"]
 ABSENT: tuple[None, None] = (None, None)  # a state: (body, version); absent is (None, None)
 STALENESS_SLACK_S = 1.0
+WRONG_STATUSES = frozenset({500, 401, 403})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,47 +61,63 @@ class Read:
 class KeyHistory:
     ops: list[Op] = field(default_factory=list)  # in order: one writer, no overlap
     reads: list[Read] = field(default_factory=list)
+    _timeline: Timeline | None = None
+
+    def timeline(self) -> Timeline:
+        """The operations indexed for checking (built once, when they are all recorded)."""
+        if self._timeline is None or self._timeline.count != len(self.ops):
+            self._timeline = Timeline(self.ops)
+        return self._timeline
 
 
-def _effective(ops: list[Op]) -> list[Op]:
-    return [op for op in ops if op.outcome != "failed"]
+class Timeline:
+    """One key's operations that may have taken effect, with what finding a read's baseline
+    needs: their end times (sorted: one writer), and the last acknowledged one up to each."""
+
+    def __init__(self, ops: list[Op]) -> None:
+        self.count = len(ops)
+        self.ops = [op for op in ops if op.outcome != "failed"]
+        self.ends = [op.end for op in self.ops]
+        self.last_ok: list[int] = []  # index of the last "ok" op at or before each index
+        last = -1
+        for i, op in enumerate(self.ops):
+            if op.outcome == "ok":
+                last = i
+            self.last_ok.append(last)
+
+    def allowed_states(self, start: float, end: float) -> list[tuple[bytes | None, int | None]]:
+        """What a fresh read over [start, end] may see (bodies, versions; ABSENT for none)."""
+        before = bisect.bisect_left(self.ends, start) - 1
+        ok = self.last_ok[before] if before >= 0 else -1
+        states = [self.ops[ok].state if ok >= 0 else ABSENT]
+        for op in self.ops[ok + 1 :]:
+            if op.start >= end:
+                break
+            states.append(op.state)  # of unknown outcome since the baseline, or overlapping
+        return states
+
+    def states_since(self, since: float, end: float) -> list[tuple[bytes | None, int | None]]:
+        """Every state current at some moment in [since, end] (for answers marked stale)."""
+        states = self.allowed_states(since, since)
+        for op in self.ops[bisect.bisect_left(self.ends, since) :]:
+            if op.start >= end:
+                break
+            states.append(op.state)
+        return states
 
 
 def allowed_states(
     ops: list[Op], start: float, end: float
 ) -> list[tuple[bytes | None, int | None]]:
-    """What a fresh read over [start, end] may see (bodies, versions; ABSENT for none)."""
-    effective = _effective(ops)
-    ends = [op.end for op in effective]
-    # The last acknowledged operation finished before the read began: its state at least.
-    baseline = ABSENT
-    first = 0
-    for i in range(bisect.bisect_left(ends, start) - 1, -1, -1):
-        if effective[i].outcome == "ok":
-            baseline = effective[i].state
-            first = i + 1
-            break
-    states = [baseline]
-    for op in effective[first:]:
-        if op.start >= end:
-            break
-        states.append(op.state)  # overlapping, or of unknown outcome since the baseline
-    return states
-
-
-def states_since(ops: list[Op], since: float, end: float) -> list[tuple[bytes | None, int | None]]:
-    """Every state current at some moment in [since, end] (for answers marked stale)."""
-    states = allowed_states(ops, since, since)
-    for op in _effective(ops):
-        if since <= op.end and op.start < end:
-            states.append(op.state)
-    return states
+    return Timeline(ops).allowed_states(start, end)
 
 
 def check_read(history: KeyHistory, read: Read, written: dict[bytes, Op]) -> str | None:
     """None when the read is consistent with the history; else what is wrong with it."""
+    if read.status in WRONG_STATUSES:
+        return f"status {read.status}"  # a bug (500) or a valid key refused (401, 403)
     if read.status not in (200, 404):
-        return None  # unavailable is not wrong (counted apart)
+        return None  # unavailable (503, 504) is not wrong: counted apart
     if read.status == 200:
         op = written.get(read.body)
         if op is None or op.kind != "put":
@@ -109,11 +127,12 @@ def check_read(history: KeyHistory, read: Read, written: dict[bytes, Op]) -> str
         seen: tuple[bytes | None, int | None] = (read.body, op.version)
     else:
         seen = ABSENT
+    timeline = history.timeline()
     if read.stale:
         since = read.start - read.age_s - STALENESS_SLACK_S
-        allowed = states_since(history.ops, since, read.end)
+        allowed = timeline.states_since(since, read.end)
     else:
-        allowed = allowed_states(history.ops, read.start, read.end)
+        allowed = timeline.allowed_states(read.start, read.end)
     bodies = {body for body, _ in allowed}
     if seen[0] in bodies:
         return None
@@ -128,13 +147,4 @@ def check_read(history: KeyHistory, read: Read, written: dict[bytes, Op]) -> str
 def last_acknowledged(ops: list[Op]) -> list[tuple[bytes | None, int | None]]:
     """The final states the store may hold: the last acknowledged operation's, and those of
     the unknown-outcome operations after it."""
-    effective = _effective(ops)
-    final: list[tuple[bytes | None, int | None]] = [ABSENT]
-    start = 0
-    for i in range(len(effective) - 1, -1, -1):
-        if effective[i].outcome == "ok":
-            final = [effective[i].state]
-            start = i + 1
-            break
-    final += [op.state for op in effective[start:]]
-    return final
+    return Timeline(ops).allowed_states(float("inf"), float("inf"))

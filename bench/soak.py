@@ -29,7 +29,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -41,15 +40,15 @@ from typing import Any
 
 import asyncpg
 
-from app.devstack import Stack, StackConfig, find_free_base_port, find_free_port
+from app.devstack import Stack, find_free_port
 from bench.common import REPO, RESULTS, create_api_key, percentile
-from bench.history import KeyHistory, Op, Read, check_read, last_acknowledged
+from bench.history import WRONG_STATUSES, KeyHistory, Op, Read, check_read, last_acknowledged
 from tests.integration.cluster_ops import primaries
 from tests.integration.rawhttp import Connection
 from tests.integration.served import served
+from tests.integration.stacks import full_stack
 
 UNKNOWN_OUTCOME = "/problems/write-outcome-unknown"
-FAILED_WRITE = {503, 429, 500}
 
 
 @dataclass
@@ -70,6 +69,7 @@ class Soak:
     latencies: list[tuple[float, float, int]] = field(default_factory=list)  # at, s, status
     phases: list[Phase] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    wrong_writes: list[str] = field(default_factory=list)  # a 500, a 401, a 403
     started: float = 0.0
 
     def __post_init__(self) -> None:
@@ -112,6 +112,10 @@ class Soak:
                     else:
                         op = Op("delete" if deleting else "put", start, end, "failed", body)
                         self._count(f"write {reply.status}")
+                        if reply.status in WRONG_STATUSES:
+                            self.wrong_writes.append(
+                                f"{key}: {reply.status} {reply.content[:200]!r}"
+                            )
                 history.ops.append(op)
                 if body is not None:
                     self.written[body] = op
@@ -267,24 +271,10 @@ async def faults(
 
 @contextlib.contextmanager
 def soak_stack() -> Iterator[Stack]:
-    base = find_free_base_port()
-    redis_ports = {base + i for i in range(6)} | {base + 10000 + i for i in range(6)}
-    stack = Stack(
-        StackConfig(
-            root=REPO / ".soak-stack", redis_base_port=base,
-            pg_port=find_free_port(avoid=frozenset(redis_ports)), cluster_node_timeout_ms=2000,
-        ),
-        echo=lambda line: print(f"  stack: {line}", flush=True),
-    )  # fmt: skip
-    try:
-        stack.up()
-        subprocess.run(
-            [sys.executable, "-m", "app.cli", "migrate", "up"], cwd=REPO,
-            env={**os.environ, **stack.env()}, check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
+    with full_stack(
+        REPO / ".soak-stack", echo=lambda line: print(f"  stack: {line}", flush=True)
+    ) as stack:
         yield stack
-    finally:
-        stack.down(purge=True)
 
 
 async def final_states(stack: Stack, keys: list[str]) -> dict[str, tuple[bytes | None, int | None]]:
@@ -422,6 +412,7 @@ async def run(args: argparse.Namespace) -> int:
             problem = check_read(history, read, soak.written)
             if problem is not None:
                 violations.append({"key": key, "at_s": round(read.start, 3), "problem": problem})
+    violations += [{"key": "", "at_s": None, "problem": f"write: {w}"} for w in soak.wrong_writes]
     lost = [
         {"key": key, "store": None if state[1] is None else state[1]}
         for key, state in finals.items()

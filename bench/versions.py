@@ -17,10 +17,7 @@ import asyncio
 import contextlib
 import gc
 import json
-import os
 import random
-import subprocess
-import sys
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -28,12 +25,12 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from app.devstack import Stack, StackConfig, find_free_port
 from app.feed import VersionMap
 from app.outbox import Outbox
 from app.settings import OutboxSettings, PostgresSettings
 from app.store import Store
 from bench.common import REPO, RESULTS
+from tests.integration import stacks
 
 LIVE_KEYS = 100_000
 NOTES = 50_000
@@ -97,20 +94,10 @@ def bytes_per_key() -> float:
 @contextlib.contextmanager
 def postgres_only() -> Iterator[str]:
     """A private Postgres of the bench's own (no Redis), migrated: its DSN."""
-    stack = Stack(
-        StackConfig(root=REPO / ".bench-stack-versions", pg_port=find_free_port()),
-        echo=lambda line: print(f"  stack: {line}", flush=True),
-    )
-    try:
-        stack.start_postgres()
-        subprocess.run(
-            [sys.executable, "-m", "app.cli", "migrate", "up"], cwd=REPO,
-            env={**os.environ, "CACHEGW_PG__DSN": stack.pg_dsn}, check=True,
-            capture_output=True, timeout=120,
-        )  # fmt: skip
+    with stacks.postgres_only(
+        REPO / ".bench-stack-versions", echo=lambda line: print(f"  stack: {line}", flush=True)
+    ) as stack:
         yield stack.pg_dsn
-    finally:
-        stack.down(purge=True)
 
 
 class NoCache:

@@ -49,6 +49,9 @@ class Identity:
 class Suspicion:
     reason: str
     since: float
+    # Counts every doubt raised on the address (a suspicion, a lost contact): a repair made
+    # for one generation does not clear a doubt raised while it ran.
+    generation: int = 0
 
 
 class Provenance:
@@ -57,6 +60,7 @@ class Provenance:
         self._identities: dict[Address, Identity] = {}
         self._suspects: dict[Address, Suspicion] = {}
         self._unverified: set[Address] = set()
+        self._generations: dict[Address, int] = {}
 
     def trusted(self, address: Address) -> bool:
         return address not in self._suspects and address not in self._unverified
@@ -87,24 +91,39 @@ class Provenance:
     def lost_contact(self, address: Address) -> None:
         """A connection to the primary broke: it may have restarted; unverified until seen."""
         self._unverified.add(address)
+        self._doubt(address)
+
+    def _doubt(self, address: Address) -> int:
+        generation = self._generations.get(address, 0) + 1
+        self._generations[address] = generation
+        return generation
 
     def promoted(self, address: Address) -> None:
         """The address became a primary in the slot map (a failover, a MOVED to it)."""
         self.suspect(address, "new primary")
 
     def suspect(self, address: Address, reason: str) -> None:
-        if address not in self._suspects:
-            log.warning(
-                "primary %s is not believed until repaired: %s", format_address(address), reason
-            )
-            telemetry.PRIMARY_SUSPECTED.labels(reason=reason).inc()
-            self._suspects[address] = Suspicion(reason, self.clock())
+        """Doubt the primary's data; a new suspicion replaces one being repaired (the repair
+        of the older one then does not clear it)."""
+        log.warning(
+            "primary %s is not believed until repaired: %s", format_address(address), reason
+        )
+        telemetry.PRIMARY_SUSPECTED.labels(reason=reason).inc()
+        self._suspects[address] = Suspicion(reason, self.clock(), self._doubt(address))
 
-    def repaired(self, address: Address, suspicion: Suspicion) -> None:
-        """The outbox repaired the node's data for ``suspicion`` (a newer one stays)."""
-        if self._suspects.get(address) == suspicion:
-            del self._suspects[address]
-            self._unverified.discard(address)
+    def repaired(self, address: Address, suspicion: Suspicion) -> bool:
+        """The node's data was repaired for ``suspicion``: believed again, unless a doubt was
+        raised since (then it stays suspect, or unverified). Whether it is believed now."""
+        generation = self._generations.get(address, 0)
+        if generation != suspicion.generation:
+            current = self._suspects.get(address)
+            if current is not None and current.generation != generation:
+                # Doubted again while it was repaired (a lost contact): repair it again.
+                self._suspects[address] = Suspicion(current.reason, current.since, generation)
+            return False
+        self._suspects.pop(address, None)
+        self._unverified.discard(address)
+        return True
 
     def forget(self, keep: Callable[[Address], bool]) -> None:
         """Drop what is known of nodes that left the cluster."""
@@ -112,6 +131,8 @@ class Provenance:
             del self._identities[address]
         for address in [a for a in self._suspects if not keep(a)]:
             del self._suspects[address]
+        for address in [a for a in self._generations if not keep(a)]:
+            del self._generations[address]
         self._unverified = {a for a in self._unverified if keep(a)}
 
 

@@ -41,6 +41,7 @@ from app.settings import RedisSettings
 log = logging.getLogger(__name__)
 
 TRYAGAIN_PAUSE_S = 0.005
+BULK_SILENCE_FACTOR = 10  # the bulk lane waits this much longer for progress on a reply
 
 
 class SlotRouter:
@@ -103,8 +104,11 @@ class SlotRouter:
         client = self._clients.get((address, readonly, bulk))
         if client is None:
             options = replace(self._options, readonly=readonly)
-            if bulk:
-                options = replace(options, max_batch_groups=1)
+            if bulk:  # one command a batch; a large reply gets time to arrive between bytes
+                options = replace(
+                    options, max_batch_groups=1,
+                    socket_timeout_s=options.socket_timeout_s * BULK_SILENCE_FACTOR,
+                )  # fmt: skip
             client = NodeClient(address, options)
             self._clients[(address, readonly, bulk)] = client
         return client

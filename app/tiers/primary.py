@@ -31,6 +31,8 @@ from app.tiers.sizes import LARGE_VALUE_BYTES, LargeValues, transfer_s
 
 log = logging.getLogger(__name__)
 
+EMPTY_CONCURRENCY = 32  # removals in flight at once while a node is emptied
+
 
 def parse_reply(raw: object, ref: KeyRef, *, behind_s: float = 0.0) -> Copy:
     """A GET reply as a copy; a value that is not one of our records counts as a miss."""
@@ -126,13 +128,22 @@ class PrimaryTier:
     # -- one node's data as a whole (``app/recovery.py``) ---------------------------------------
 
     async def mark(
-        self, address: Address, slot: int, value: str, *, force: bool, deadline: float
+        self,
+        address: Address,
+        slot: int,
+        value: str,
+        *,
+        deadline: float,
+        repaired_from: bytes | None = None,
+        repaired: bool = False,
     ) -> bytes | None:
-        """Write the node's marker (``codec.MARK``); the marker found instead, when it names
-        another process of the node (and ``force`` is False)."""
+        """Write the node's marker (``codec.MARK``); the marker found instead when it may not
+        be written: it names another process of the node, or (``repaired``) it is no longer
+        ``repaired_from``, the marker the repair began with."""
         found = await self.slots.execute_on(
             address, b"EVAL", MARK, 1, marker_key(self.key_prefix, slot), value,
-            b"1" if force else b"0", readonly=False, deadline=deadline,
+            b"repaired" if repaired else b"mark", repaired_from or b"",
+            readonly=False, deadline=deadline,
         )  # fmt: skip
         return found if isinstance(found, bytes) else None
 
@@ -152,18 +163,21 @@ class PrimaryTier:
             readonly=False, deadline=deadline,
         )  # fmt: skip
         next_cursor, keys = int(reply[0]), list(reply[1])
-        removed = await asyncio.gather(
-            *(
-                self.slots.execute_on(
-                    address,
-                    b"EVAL",
-                    UNLESS_TOMBSTONE_UNLINK,
-                    1,
-                    key,
-                    readonly=False,
-                    deadline=deadline,
+        removed = 0
+        for start in range(0, len(keys), EMPTY_CONCURRENCY):  # the request path shares the queue
+            replies = await asyncio.gather(
+                *(
+                    self.slots.execute_on(
+                        address,
+                        b"EVAL",
+                        UNLESS_TOMBSTONE_UNLINK,
+                        1,
+                        key,
+                        readonly=False,
+                        deadline=deadline,
+                    )
+                    for key in keys[start : start + EMPTY_CONCURRENCY]
                 )
-                for key in keys
             )
-        )
-        return next_cursor, sum(int(r) for r in removed)
+            removed += sum(int(r) for r in replies)
+        return next_cursor, removed

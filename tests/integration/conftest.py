@@ -22,10 +22,11 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from app.devstack import BUS_PORT_OFFSET, Stack, StackConfig, find_free_base_port, find_free_port
+from app.devstack import Stack
 from app.gateway import Gateway
 from app.main import create_app
 from app.settings import Settings
+from tests.integration.stacks import full_stack
 from tests.integration.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,37 +55,15 @@ def auth_headers(key: str | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {key or TEST_KEY[0]}"}
 
 
-def _free_pg_port(redis_base: int) -> int:
-    taken = {redis_base + i for i in range(6)} | {
-        redis_base + i + BUS_PORT_OFFSET for i in range(6)
-    }
-    return find_free_port(avoid=frozenset(taken))
-
-
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     root = Path(tempfile.mkdtemp(prefix="cachegw-it-"))
     root.chmod(0o755)  # Postgres runs as the postgres user when the tests run as root
-    base = find_free_base_port()
-    stack = Stack(
-        StackConfig(
-            root=root / "stack",
-            redis_base_port=base,
-            pg_port=_free_pg_port(base),
-            cluster_node_timeout_ms=2000,
-        )
-    )
     try:
-        stack.up()
-        env = {**os.environ, **stack.env()}
-        subprocess.run(
-            [sys.executable, "-m", "app.cli", "migrate", "up"], cwd=ROOT, env=env, check=True,
-            capture_output=True, timeout=120,
-        )  # fmt: skip
-        TEST_KEY[0] = create_key(stack, "default", "read,write,admin")
-        yield stack
+        with full_stack(root / "stack") as stack:
+            TEST_KEY[0] = create_key(stack, "default", "read,write,admin")
+            yield stack
     finally:
-        stack.down(purge=True)
         shutil.rmtree(root, ignore_errors=True)
 
 

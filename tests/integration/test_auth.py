@@ -150,7 +150,7 @@ async def test_random_keys_cost_the_store_a_bounded_number_of_lookups(stack: Sta
         for i in range(200):
             token = f"cg_{i:08x}_not-a-real-secret"
             reply = await client.get("/v1/keys/x", headers={"Authorization": f"Bearer {token}"})
-            assert reply.status_code == 401
+            assert reply.status_code in (401, 503)  # 503: over the lookup budget
         for _ in range(100):  # the same unknown key again: remembered as unknown
             reply = await client.get(
                 "/v1/keys/x", headers={"Authorization": "Bearer cg_00000000_x"}

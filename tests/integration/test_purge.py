@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,10 +19,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from app.devstack import Stack, StackConfig, find_free_port
+from app.devstack import Stack
 from app.settings import PostgresSettings
 from app.store import Store
-from tests.integration.conftest import ROOT
+from tests.integration.stacks import postgres_only
 
 BULK_ROWS = 50_000  # enough rows for the planner to choose a TID scan for the purge
 
@@ -45,17 +42,10 @@ def postgres_16_2() -> Iterator[str]:
     shutil.copytree(package.parent / "pgserver.libs", root / "pgserver.libs")
     for path in [root, *root.rglob("*")]:
         path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
-    stack = Stack(StackConfig(root=root / "stack", pg_port=find_free_port(), pg_bin=build / "bin"))
     try:
-        stack.start_postgres()
-        subprocess.run(
-            [sys.executable, "-m", "app.cli", "migrate", "up"], cwd=ROOT,
-            env={**os.environ, "CACHEGW_PG__DSN": stack.pg_dsn}, check=True,
-            capture_output=True, timeout=120,
-        )  # fmt: skip
-        yield stack.pg_dsn
+        with postgres_only(root / "stack", pg_bin=build / "bin") as stack:
+            yield stack.pg_dsn
     finally:
-        stack.down(purge=True)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -44,6 +44,8 @@ def test_values_never_written_and_wrong_etags() -> None:
     assert "never written" in (check_read(h, Read(2.0, 2.1, 200, b"forged", 1), written) or "")
     assert "ETag" in (check_read(h, Read(2.0, 2.1, 200, b"one", 7), written) or "")
     assert check_read(h, Read(2.0, 2.1, 503), written) is None  # unavailable, not wrong
+    assert check_read(h, Read(2.0, 2.1, 500), written) == "status 500"
+    assert check_read(h, Read(2.0, 2.1, 401), written) == "status 401"
 
 
 def test_unknown_outcomes_may_or_may_not_have_happened() -> None:
