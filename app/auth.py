@@ -179,6 +179,13 @@ class ApiKeys:
         burst = row.burst if row is not None and row.burst else self.settings.burst
         return rate, float(burst)
 
+    def verified(self, authorization: bytes | None) -> Principal | None:
+        """The caller, when this exact header was checked against the current table (the hot
+        path: no coroutine); else None, and ``authenticate`` decides."""
+        if not self.enabled or authorization is None:
+            return None
+        return self._verified.get(authorization)
+
     async def authenticate(self, authorization: bytes | None) -> Principal:
         """The caller of a request from its ``Authorization`` header, or UnauthenticatedError
         (AuthUnavailableError when the key table cannot be loaded to tell)."""

@@ -123,7 +123,9 @@ class GatewayApp(FastAPI):
             if needed is not None:
                 gateway: Gateway = self.state.gateway
                 try:
-                    principal = await gateway.auth.authenticate(authorization)
+                    principal = gateway.auth.verified(
+                        authorization
+                    ) or await gateway.auth.authenticate(authorization)
                     principal.require(needed)
                     gateway.auth.admit(principal)
                 except (AccessError, AuthUnavailableError) as exc:

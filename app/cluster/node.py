@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,9 +94,16 @@ class NodeClient:
     connections no batch is using. A batch task owns its connection until it puts it back.
     """
 
-    def __init__(self, address: Address, options: NodeOptions) -> None:
+    def __init__(
+        self,
+        address: Address,
+        options: NodeOptions,
+        *,
+        on_lost: Callable[[Address], None] = lambda address: None,
+    ) -> None:
         self.address = address
         self.options = options
+        self.on_lost = on_lost  # a connection failed (not a timeout): the node may be another
         self.name = format_address(address)
         self._pending: deque[_Group] = deque()
         self._idle: list[Connection] = []
@@ -270,7 +277,10 @@ class NodeClient:
             )
             raise
         except Exception as exc:
-            self._fail(batch[index:], translate(exc, route=self.name))
+            error = translate(exc, route=self.name)
+            if not isinstance(error, TierTimeoutError):
+                self.on_lost(self.address)
+            self._fail(batch[index:], error)
         except BaseException as exc:  # KeyboardInterrupt, SystemExit: answer the callers, go on
             self._fail(batch[index:], translate(exc, route=self.name))
             raise

@@ -33,7 +33,6 @@ from app.errors import (
     NodeGoneError,
     RedirectLoopError,
     TierError,
-    TierTimeoutError,
     TierUnavailableError,
 )
 from app.settings import RedisSettings
@@ -109,9 +108,16 @@ class SlotRouter:
                     options, max_batch_groups=1,
                     socket_timeout_s=options.socket_timeout_s * BULK_SILENCE_FACTOR,
                 )  # fmt: skip
-            client = NodeClient(address, options)
+            client = NodeClient(address, options, on_lost=self._lost_contact)
             self._clients[(address, readonly, bulk)] = client
         return client
+
+    def _lost_contact(self, address: Address) -> None:
+        """A connection to the node failed (not a timeout), whoever used it: if it is a
+        primary, it may come back as another process, so until the watcher has seen it again
+        its data is not believed."""
+        if any(shard.primary == address for shard in self.map.shards()):
+            self.provenance.lost_contact(address)
 
     def shard_for(self, key: bytes) -> tuple[int, Shard | None]:
         slot = key_slot(key)
@@ -237,29 +243,7 @@ class SlotRouter:
         count_slow: bool = True,
     ) -> list[Reply]:
         """One call under the route's breaker: skipped when open, its outcome recorded (its
-        latency too, unless ``count_slow`` is False). A connection to a primary that failed,
-        whoever made the call, means the primary may come back another process: until the
-        watcher has seen it again, its data is not believed."""
-        try:
-            return await self._traced_call(
-                client, breaker, commands, deadline=deadline, count_slow=count_slow
-            )
-        except (NodeBusyError, NodeGoneError, BreakerOpenError, TierTimeoutError):
-            raise
-        except TierError:
-            if any(shard.primary == client.address for shard in self.map.shards()):
-                self.provenance.lost_contact(client.address)
-            raise
-
-    async def _traced_call(
-        self,
-        client: NodeClient,
-        breaker: Breaker | None,
-        commands: tuple[tuple[bytes | str | int, ...], ...],
-        *,
-        deadline: float,
-        count_slow: bool,
-    ) -> list[Reply]:
+        latency too, unless ``count_slow`` is False)."""
         if breaker is None:
             return await client.call(*commands, deadline=deadline)
         if tracing.recording():

@@ -24,12 +24,12 @@ class LargeValues:
 
     def size(self, rkey: bytes) -> int | None:
         """The size of the key's last value if it was large, else None."""
-        return self._sizes.get(rkey)
+        return self._sizes.get(rkey) if self._sizes else None  # (empty: the common case, free)
 
     def saw(self, rkey: bytes, size: int) -> None:
         if size >= LARGE_VALUE_BYTES:
             self._sizes[rkey] = size
-        else:
+        elif self._sizes:
             self._sizes.pop(rkey, None)
 
     def __len__(self) -> int:
