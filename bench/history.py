@@ -106,12 +106,6 @@ class Timeline:
         return states
 
 
-def allowed_states(
-    ops: list[Op], start: float, end: float
-) -> list[tuple[bytes | None, int | None]]:
-    return Timeline(ops).allowed_states(start, end)
-
-
 def check_read(history: KeyHistory, read: Read, written: dict[bytes, Op]) -> str | None:
     """None when the read is consistent with the history; else what is wrong with it."""
     if read.status in WRONG_STATUSES:
