@@ -2,7 +2,8 @@
 
 Library errors (redis-py, asyncpg, builtin ``TimeoutError`` from deadlines) are translated into
 these at the edge, in ``app/cluster/``, ``app/tiers/`` and ``app/store.py``; nothing else catches
-driver exceptions. ``app/api/problems.py`` is the one place that maps them to HTTP.
+driver exceptions. ``app/api/problems.py`` is the one place that maps them to HTTP. Every class
+takes its message alone; what else it carries is keyword-only, with a default.
 
     CachegwError
      ├─ TierError                  a cache tier could not answer this request; the router moves on
@@ -96,7 +97,7 @@ class WriteOutcomeUnknownError(StoreError):
 class StoreConflictError(StoreError):
     """Raised when a write's precondition does not hold; carries the current version if any."""
 
-    def __init__(self, message: str, *, current_version: int | None) -> None:
+    def __init__(self, message: str, *, current_version: int | None = None) -> None:
         super().__init__(message)
         self.current_version = current_version
 
@@ -151,7 +152,7 @@ class ForbiddenError(AccessError):
 class RateLimitedError(AccessError):
     """Raised when the API key is over its request rate; carries the seconds to wait."""
 
-    def __init__(self, message: str, *, retry_after_s: int) -> None:
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
@@ -191,6 +192,6 @@ class UnsupportedMediaTypeError(RequestError):
 class ValueTooLargeError(RequestError):
     """Raised when a value exceeds the size limit (checked before the body is read whole)."""
 
-    def __init__(self, message: str, *, limit_bytes: int) -> None:
+    def __init__(self, message: str, *, limit_bytes: int | None = None) -> None:
         super().__init__(message)
         self.limit_bytes = limit_bytes

@@ -286,7 +286,3 @@ class Settings(BaseSettings):
                 "outlive the record of the announcements that would show it is too old"
             )
         return self
-
-    lean_path: bool = Field(
-        default=True, description="Serve the key operations on the lean ASGI path, not FastAPI's."
-    )

@@ -7,7 +7,7 @@ import json
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.api.keys import gateway_of
+from app.api.deps import gateway_of
 from app.cluster.slots import SLOT_COUNT, format_address
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])

@@ -26,7 +26,7 @@ class TagList:
     def versions(self, *, strong_only: bool) -> list[int]:
         """The versions the tags name (tags that are not ours cannot match and are dropped)."""
         tags = self.strong if strong_only else self.strong + self.weak
-        return [int(tag) for tag in tags if tag.isdigit() and len(tag) < 19]
+        return [int(tag) for tag in tags if tag.isascii() and tag.isdigit() and len(tag) < 19]
 
 
 def etag(version: int) -> str:

@@ -1,20 +1,22 @@
-"""The key operations as functions of the ASGI scope: one implementation for both paths.
+"""The key operations as functions of the ASGI scope.
 
-The FastAPI routes in ``keys.py`` document these operations and call them; the lean ASGI path in
-``lean.py`` calls them without FastAPI's routing. Each returns the status, the raw headers and the
-body; every error is raised as one of the gateway's exceptions and mapped to a problem by
+``dispatch.py`` calls them for every request under ``/v1/keys/``; the FastAPI routes in
+``keys.py`` only document them. Each returns the status, the raw headers and the body; every
+error is raised as one of the gateway's exceptions and mapped to a problem by
 ``problems.error_response``. Validation happens before anything is read or written.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import parse_qs, quote
 
+from starlette.types import Scope
+
 from app.api.conditional import TagList, none_match, parse_tag_list
+from app.api.deps import PRINCIPAL
 from app.api.http import (
     content_type_of,
     entry_headers,
@@ -29,7 +31,6 @@ from app.gateway import Gateway
 from app.router import ReadPolicy
 from app.store import now_ms
 
-Scope = MutableMapping[str, Any]
 Headers = list[tuple[bytes, bytes]]
 Answer = tuple[int, Headers, bytes]
 
@@ -45,7 +46,10 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-PRINCIPAL = "cachegw.principal"  # scope entry set by the app's authentication, before any handler
+def precondition(scope: Scope, name: bytes) -> str | None:
+    """If-Match or If-None-Match; an empty one is absent (RFC 9110 5.6.1: an empty list)."""
+    value = header(scope, name)
+    return value if value is not None and value.strip() else None
 
 
 def _namespace(gateway: Gateway, scope: Scope) -> str:
@@ -68,7 +72,10 @@ def _ttl(gateway: Gateway, scope: Scope) -> int | None:
         raise InvalidTtlError(f"the query parameter ttl is given {len(values)} times")
     limits = gateway.settings.limits
     text = values[0].strip()
-    if not text.isdigit() or not limits.min_ttl_s <= int(text) <= limits.max_ttl_s:
+    if (
+        not (text.isascii() and text.isdigit())
+        or not limits.min_ttl_s <= int(text) <= limits.max_ttl_s
+    ):
         raise InvalidTtlError(
             f"ttl must be a whole number of seconds from {limits.min_ttl_s} to {limits.max_ttl_s}"
         )
@@ -89,7 +96,7 @@ def _read_request(gateway: Gateway, scope: Scope) -> tuple[str, TagList | None, 
     if_none_match = cache_control = None
     for name, value in scope["headers"]:
         if name == b"if-none-match":
-            if_none_match = value.decode("latin-1")
+            if_none_match = value.decode("latin-1") if value.strip() else None
         elif name == b"cache-control":
             cache_control = value.decode("latin-1")
     tags = None if if_none_match is None else parse_tag_list(if_none_match, name="If-None-Match")
@@ -120,9 +127,9 @@ async def put(gateway: Gateway, scope: Scope, body: AsyncIterator[bytes]) -> Ans
     """PUT of a key: 2xx only after the store committed."""
     key = _key(gateway, scope)
     ttl = _ttl(gateway, scope)
-    if_match, if_exists = _match(header(scope, b"if-match"))
+    if_match, if_exists = _match(precondition(scope, b"if-match"))
     create_only = False
-    if_none_match = header(scope, b"if-none-match")
+    if_none_match = precondition(scope, b"if-none-match")
     if if_none_match is not None:
         if not parse_tag_list(if_none_match, name="If-None-Match").any:
             raise InvalidPreconditionError("on PUT, If-None-Match supports only *")
@@ -153,7 +160,7 @@ async def put(gateway: Gateway, scope: Scope, body: AsyncIterator[bytes]) -> Ans
 async def delete(gateway: Gateway, scope: Scope) -> Answer:
     """DELETE of a key: 204 once the store committed; 404 when absent (412 with If-Match)."""
     key = _key(gateway, scope)
-    if_match, if_exists = _match(header(scope, b"if-match"))
+    if_match, if_exists = _match(precondition(scope, b"if-match"))
     router = gateway.router
     await router.delete(
         router.ref(_namespace(gateway, scope), key), if_match=if_match, if_exists=if_exists

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api import schemas
-from app.api.keys import gateway_of
+from app.api.deps import gateway_of
 from app.cluster.slots import SLOT_COUNT
 from app.errors import StoreError
 

@@ -1,6 +1,6 @@
-"""HTTP semantics shared by every path that serves keys: key parsing, body limits, headers.
+"""HTTP semantics of the key operations: key parsing, Cache-Control, body limits, headers.
 
-Nothing here depends on FastAPI, so the lean GET path can use the same functions.
+Nothing here depends on FastAPI: the key operations are served without it (``dispatch.py``).
 """
 
 from __future__ import annotations
@@ -32,9 +32,26 @@ _MEDIA_TYPE = re.compile(
 _FORBIDDEN_IN_KEY = re.compile(r"[\x00-\x1f\x7f-\x9f/]")
 
 
-_DIRECTIVE = re.compile(
-    r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^,\s]*))?\s*,'
+def _any_case(word: str) -> str:
+    """``word`` matched case-insensitively, in a regex both Python and ECMA-262 read alike."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in word)
+
+
+_OWS = "[ \\t]*"
+_SECONDS = '(?:[0-9]{1,10}|"[0-9]{1,10}")'
+_END = f"{_OWS}(?:,|$)"
+# A directive the read policy uses whose value is not a number of seconds (for stale-if-error
+# and max-age, also a missing one). Searched for as it is, and stated in the OpenAPI schema as
+# ``CACHE_CONTROL_PATTERN``: what the schema allows is exactly what is not refused.
+REFUSED_DIRECTIVE = (
+    f"(?:^|,){_OWS}(?:{_any_case('max-stale')}{_OWS}=(?!{_OWS}{_SECONDS}{_END})"
+    f"|(?:{_any_case('stale-if-error')}|{_any_case('max-age')}){_OWS}"
+    f"(?!={_OWS}{_SECONDS}{_END})(?:=|,|$))"
 )
+CACHE_CONTROL_PATTERN = f"^(?!.*{REFUSED_DIRECTIVE})"
+_REFUSED = re.compile(REFUSED_DIRECTIVE)
+_DIRECTIVE = re.compile(f'{_OWS}({_TOKEN}){_OWS}(?:={_OWS}("[^"]*"|[^ \\t",]*))?{_OWS}')
+_TIMED = frozenset({"max-stale", "stale-if-error", "max-age"})  # values checked by _REFUSED
 
 
 def read_policy(
@@ -49,23 +66,29 @@ def read_policy(
     """
     if not header or not header.strip():
         return default
+    refused = _REFUSED.search(header)
+    if refused is not None:
+        name = refused.group(0).lstrip(", \t").split("=", 1)[0].strip().lower()
+        raise InvalidCacheControlError(f"Cache-Control {name} needs a number of seconds")
     max_stale, stale_if_error = default.max_stale_s, default.stale_if_error_s
     no_cache = only_if_cached = False
     for part in header.split(","):
-        match = _DIRECTIVE.fullmatch(part.strip() + ",")
+        match = _DIRECTIVE.fullmatch(part)
         if match is None:
             continue
         name, raw = match.group(1).lower(), match.group(2)
-        value = raw.strip('"') if raw is not None else None
+        seconds = None if raw is None or name not in _TIMED else float(raw.strip('"'))
         if name == "max-stale":
-            max_stale = staleness.max_stale_cap_s if value is None else _seconds(name, value)
-            max_stale = min(max_stale, staleness.max_stale_cap_s)
-        elif name == "stale-if-error":
-            stale_if_error = min(_seconds(name, value), staleness.stale_if_error_cap_s)
+            max_stale = min(
+                staleness.max_stale_cap_s if seconds is None else seconds,
+                staleness.max_stale_cap_s,
+            )
+        elif name == "stale-if-error" and seconds is not None:
+            stale_if_error = min(seconds, staleness.stale_if_error_cap_s)
         elif name == "no-cache":
             no_cache = True
         elif name == "max-age":
-            no_cache = no_cache or _seconds(name, value) == 0
+            no_cache = no_cache or seconds == 0
         elif name == "only-if-cached":
             only_if_cached = True
     return ReadPolicy(
@@ -74,12 +97,6 @@ def read_policy(
         no_cache=no_cache,
         only_if_cached=only_if_cached,
     )
-
-
-def _seconds(name: str, value: str | None) -> float:
-    if value is None or not value.isdigit() or len(value) > 10:
-        raise InvalidCacheControlError(f"Cache-Control {name} needs a number of seconds")
-    return float(value)
 
 
 def key_from_raw_path(raw_path: bytes, *, max_bytes: int) -> str:
@@ -133,7 +150,7 @@ async def read_limited(
 ) -> bytes:
     """The whole body, or ``ValueTooLargeError`` as soon as it is known to exceed ``limit``."""
     if content_length is not None:
-        if not content_length.strip().isdigit():
+        if not (content_length.isascii() and content_length.strip().isdigit()):
             raise ValueTooLargeError("Content-Length is not a number", limit_bytes=limit)
         if int(content_length) > limit:
             raise ValueTooLargeError(
@@ -181,8 +198,7 @@ _HIT_PRIMARY = f"{CACHE_NAME}; hit; detail=primary".encode()
 def entry_headers(result: ReadResult, now_ms: int) -> list[tuple[bytes, bytes]]:
     """ETag, Age, Cache-Status and (with a ttl) Cache-Control, as raw ASGI header pairs.
 
-    Both read paths answer with these (the FastAPI route and the lean path), built straight as
-    bytes because this runs on every read.
+    Built straight as bytes, because this runs on every read.
     """
     entry: Entry = result.entry
     status = _HIT_PRIMARY if result.tier == "primary" and not result.stale_s else None

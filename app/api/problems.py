@@ -3,41 +3,27 @@
 Every problem has a ``type`` (a relative URI under ``/problems/`` that the gateway itself
 documents, or ``about:blank`` for plain HTTP errors), ``title``, ``status`` and ``detail``; none
 carries a stack trace, a value, or a secret.
+
+``PROBLEMS`` maps an exception class to its answer and is looked up along the exception's MRO,
+as starlette looks up exception handlers: the most specific class listed wins, so a subclass
+needs an entry only where its answer differs. An exception no class of which is listed (a bug)
+is a logged 500.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from app.errors import (
-    AuthUnavailableError,
-    CachegwError,
-    ForbiddenError,
-    HeadersTooLargeError,
-    InvalidCacheControlError,
-    InvalidKeyError,
-    InvalidPreconditionError,
-    InvalidTtlError,
-    KeyNotFoundError,
-    NoAnswerError,
-    NotCachedError,
-    RateLimitedError,
-    StoreConflictError,
-    StoreUnavailableError,
-    TargetTooLongError,
-    TierError,
-    UnauthenticatedError,
-    UnsupportedMediaTypeError,
-    ValueTooLargeError,
-    WriteOutcomeUnknownError,
-)
+from app import errors
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +32,8 @@ PROBLEM_JSON = "application/problem+json"
 
 @dataclass(frozen=True, slots=True)
 class ProblemType:
+    """One documented problem type, served as text at its ``uri``."""
+
     slug: str
     status: int
     title: str
@@ -56,57 +44,176 @@ class ProblemType:
         return f"/problems/{self.slug}"
 
 
-PROBLEM_TYPES: dict[str, ProblemType] = {
-    p.slug: p
-    for p in (
-        ProblemType("invalid-key", 422, "Invalid key",
-                    "The key is empty, longer than the byte limit in UTF-8, or has a control "
-                    "character or '/'."),
-        ProblemType("invalid-ttl", 422, "Invalid ttl",
-                    "The ttl query parameter must be a whole number of seconds within the limits."),
-        ProblemType("invalid-request", 422, "Invalid request",
-                    "A parameter or header failed validation; see errors for each one."),
-        ProblemType("invalid-precondition", 400, "Invalid precondition header",
-                    "If-Match / If-None-Match must be * or a list of entity-tags such as \"42\"."),
-        ProblemType("invalid-cache-control", 400, "Invalid Cache-Control",
-                    "max-stale, stale-if-error and max-age take a whole number of seconds."),
-        ProblemType("headers-too-large", 431, "Request headers too large",
-                    "The request's headers together are over the limit; nothing was read."),
-        ProblemType("target-too-long", 414, "URI too long",
-                    "The request's path and query string are over the limit."),
-        ProblemType("unsupported-media-type", 415, "Unsupported media type",
-                    "Content-Type must be a media type such as application/json."),
-        ProblemType("value-too-large", 413, "Value too large",
-                    "The body is larger than the value size limit; it was not read whole."),
-        ProblemType("key-not-found", 404, "Key not found",
-                    "The authoritative store has no live entry for this key."),
-        ProblemType("precondition-failed", 412, "Precondition failed",
-                    "If-Match or If-None-Match did not hold against the current version."),
-        ProblemType("store-unavailable", 503, "Store unavailable",
-                    "The authoritative store could not answer or commit; nothing was changed. "
-                    "Retry after the time in Retry-After."),
-        ProblemType("write-outcome-unknown", 503, "Write outcome unknown",
-                    "The write reached the store but its reply did not come in time: it may have "
-                    "committed, or not. Read the key with Cache-Control: no-cache (its ETag says "
-                    "which version is current) before you retry a conditional write."),
-        ProblemType("not-cached", 504, "Not cached",
-                    "only-if-cached was asked and no cache tier holds the key within policy."),
-        ProblemType("no-answer", 503, "No tier could answer",
-                    "No cache tier could answer within policy and the store could not either."),
-        ProblemType("unauthenticated", 401, "Unauthenticated",
-                    "Send a valid API key: Authorization: Bearer cg_<prefix>_<secret>."),
-        ProblemType("auth-unavailable", 503, "Authentication unavailable",
-                    "The gateway cannot read its API keys from the store right now, so it cannot "
-                    "tell whether this key is valid. Retry after Retry-After; nothing was read "
-                    "or written."),
-        ProblemType("forbidden", 403, "Forbidden",
-                    "The API key is valid but lacks the scope (read, write, admin) this needs."),
-        ProblemType("rate-limited", 429, "Too many requests",
-                    "The API key is over its request rate; retry after Retry-After seconds."),
-        ProblemType("internal-error", 500, "Internal error",
-                    "The gateway failed unexpectedly; the failure was logged."),
+def _none(_exc: Any) -> None:
+    return None
+
+
+def _message(exc: Exception) -> str:
+    return str(exc)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """How one exception class is answered: its problem type, and what the exception adds."""
+
+    kind: ProblemType
+    headers: Callable[[Any], dict[str, str] | None] = _none
+    extra: Callable[[Any], dict[str, object] | None] = _none
+    detail: Callable[[Any], str] = field(default=_message)
+    with_instance: bool = True
+
+
+def _kind(slug: str, status: int, title: str, explanation: str) -> ProblemType:
+    return ProblemType(slug, status, title, explanation)
+
+
+def _retry_after(exc: Any) -> dict[str, str]:
+    return {"Retry-After": str(getattr(exc, "retry_after_s", 1))}
+
+
+def _retry_in_1s(_exc: Any) -> dict[str, str]:
+    return {"Retry-After": "1"}
+
+
+def _close(_exc: Any) -> dict[str, str]:
+    return {"Connection": "close"}
+
+
+def _current_etag(exc: errors.StoreConflictError) -> dict[str, str] | None:
+    return None if exc.current_version is None else {"ETag": f'"{exc.current_version}"'}
+
+
+def _limit(exc: errors.ValueTooLargeError) -> dict[str, object] | None:
+    return None if exc.limit_bytes is None else {"limit_bytes": exc.limit_bytes}
+
+
+def _validation_errors(exc: Exception) -> list[dict[str, Any]]:
+    return list(exc.errors()) if isinstance(exc, RequestValidationError) else []
+
+
+def _validation_detail(exc: Exception) -> str:
+    detail = "; ".join(
+        f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}"
+        for err in _validation_errors(exc)
     )
+    return detail or "invalid request"
+
+
+def _validation_extra(exc: Exception) -> dict[str, object]:
+    return {
+        "errors": [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", "")}
+            for e in _validation_errors(exc)
+        ]
+    }
+
+
+NO_ANSWER = _kind(
+    "no-answer",
+    503,
+    "No tier could answer",
+    "No cache tier could answer within policy and the store could not either.",
+)
+INTERNAL = _kind(
+    "internal-error",
+    500,
+    "Internal error",
+    "The gateway failed unexpectedly; the failure was logged.",
+)
+
+PROBLEMS: dict[type[Exception], Answer] = {
+    errors.InvalidKeyError: Answer(_kind(
+        "invalid-key", 422, "Invalid key",
+        "The key is empty, longer than the byte limit in UTF-8, or has a control character or '/'.",
+    )),
+    errors.InvalidTtlError: Answer(_kind(
+        "invalid-ttl", 422, "Invalid ttl",
+        "The ttl query parameter must be a whole number of seconds within the limits.",
+    )),
+    RequestValidationError: Answer(_kind(
+        "invalid-request", 422, "Invalid request",
+        "A parameter or header failed validation; see errors for each one.",
+    ), detail=_validation_detail, extra=_validation_extra),
+    errors.InvalidPreconditionError: Answer(_kind(
+        "invalid-precondition", 400, "Invalid precondition header",
+        "If-Match / If-None-Match must be * or a list of entity-tags such as \"42\".",
+    )),
+    errors.InvalidCacheControlError: Answer(_kind(
+        "invalid-cache-control", 400, "Invalid Cache-Control",
+        "max-stale, stale-if-error and max-age take a whole number of seconds.",
+    )),
+    errors.HeadersTooLargeError: Answer(_kind(
+        "headers-too-large", 431, "Request headers too large",
+        "The request's headers together are over the limit; nothing was read.",
+    ), headers=_close),
+    errors.TargetTooLongError: Answer(_kind(
+        "target-too-long", 414, "URI too long",
+        "The request's path and query string are over the limit.",
+    ), with_instance=False),
+    errors.UnsupportedMediaTypeError: Answer(_kind(
+        "unsupported-media-type", 415, "Unsupported media type",
+        "Content-Type must be a media type such as application/json.",
+    )),
+    errors.ValueTooLargeError: Answer(_kind(
+        "value-too-large", 413, "Value too large",
+        "The body is larger than the value size limit; it was not read whole.",
+    ), headers=_close, extra=_limit),
+    errors.KeyNotFoundError: Answer(_kind(
+        "key-not-found", 404, "Key not found",
+        "The authoritative store has no live entry for this key.",
+    ), detail=lambda _exc: "no live entry for this key"),
+    errors.StoreConflictError: Answer(_kind(
+        "precondition-failed", 412, "Precondition failed",
+        "If-Match or If-None-Match did not hold against the current version.",
+    ), headers=_current_etag),
+    errors.StoreError: Answer(_kind(
+        "store-unavailable", 503, "Store unavailable",
+        "The authoritative store could not answer or commit; nothing was changed. "
+        "Retry after the time in Retry-After.",
+    ), headers=_retry_in_1s),
+    errors.WriteOutcomeUnknownError: Answer(_kind(
+        "write-outcome-unknown", 503, "Write outcome unknown",
+        "The write reached the store but its reply did not come in time: it may have "
+        "committed, or not. Read the key with Cache-Control: no-cache (its ETag says which "
+        "version is current) before you retry a conditional write.",
+    ), headers=_retry_in_1s),
+    errors.NotCachedError: Answer(_kind(
+        "not-cached", 504, "Not cached",
+        "only-if-cached was asked and no cache tier holds the key within policy.",
+    )),
+    errors.NoAnswerError: Answer(NO_ANSWER, headers=_retry_after),
+    errors.TierError: Answer(NO_ANSWER, headers=_retry_in_1s),
+    errors.UnauthenticatedError: Answer(_kind(
+        "unauthenticated", 401, "Unauthenticated",
+        "Send a valid API key: Authorization: Bearer cg_<prefix>_<secret>.",
+    ), headers=lambda _exc: {"WWW-Authenticate": 'Bearer realm="cachegw"'}),
+    errors.AuthUnavailableError: Answer(_kind(
+        "auth-unavailable", 503, "Authentication unavailable",
+        "The gateway cannot read its API keys from the store right now, so it cannot tell "
+        "whether this key is valid. Retry after Retry-After; nothing was read or written.",
+    ), headers=_retry_in_1s),
+    errors.ForbiddenError: Answer(_kind(
+        "forbidden", 403, "Forbidden",
+        "The API key is valid but lacks the scope (read, write, admin) this needs.",
+    )),
+    errors.RateLimitedError: Answer(_kind(
+        "rate-limited", 429, "Too many requests",
+        "The API key is over its request rate; retry after Retry-After seconds.",
+    ), headers=_retry_after),
+    Exception: Answer(INTERNAL, detail=lambda _exc: "unexpected error; see the gateway's log"),
 }  # fmt: skip
+
+# Every documented type by slug, for the pages at /problems/{slug}.
+PROBLEM_TYPES: dict[str, ProblemType] = {a.kind.slug: a.kind for a in PROBLEMS.values()}
+
+
+def answer_for(exc: Exception) -> Answer:
+    """The answer of the most specific class of ``exc`` that the table lists."""
+    for cls in type(exc).__mro__:
+        found = PROBLEMS.get(cls)
+        if found is not None:
+            return found
+    return PROBLEMS[Exception]
 
 
 def problem(
@@ -132,124 +239,54 @@ def problem(
     )
 
 
-def typed_problem(
-    slug: str, detail: str, *, instance: str | None = None, headers: dict[str, str] | None = None,
-    extra: dict[str, object] | None = None,
-) -> Response:  # fmt: skip
-    kind = PROBLEM_TYPES[slug]
+def error_response(exc: Exception, *, instance: str | None = None) -> Response:
+    """The problem answer for any exception; one no class of which is listed is logged."""
+    found = answer_for(exc)
+    if found.kind is INTERNAL:
+        log.error("unexpected error", exc_info=exc)
+    kind = found.kind
     return problem(
-        kind.status, title=kind.title, detail=detail, type_uri=kind.uri, instance=instance,
-        headers=headers, extra=extra,
+        kind.status, title=kind.title, detail=found.detail(exc), type_uri=kind.uri,
+        instance=instance if found.with_instance else None, headers=found.headers(exc),
+        extra=found.extra(exc),
     )  # fmt: skip
 
 
-def _etag_headers(version: int | None) -> dict[str, str] | None:
-    return None if version is None else {"ETag": f'"{version}"'}
+def problem_page(slug: str) -> Response:
+    """``/problems/{slug}``: what a problem type means, as text."""
+    kind = PROBLEM_TYPES.get(slug)
+    if kind is None:
+        return problem(404, title="Not Found", detail="no such problem type")
+    text = f"{kind.title} ({kind.status})\n\n{kind.explanation}\n"
+    return Response(text, media_type="text/plain; charset=utf-8")
 
 
-def error_response(exc: Exception, *, instance: str | None = None) -> Response:
-    """The problem for one of the gateway's errors (shared by FastAPI and the lean GET path)."""
-    match exc:
-        case UnauthenticatedError():
-            return typed_problem(
-                "unauthenticated", str(exc), instance=instance,
-                headers={"WWW-Authenticate": 'Bearer realm="cachegw"'},
-            )  # fmt: skip
-        case AuthUnavailableError():
-            return typed_problem(
-                "auth-unavailable", str(exc), instance=instance, headers={"Retry-After": "1"}
-            )
-        case ForbiddenError():
-            return typed_problem("forbidden", str(exc), instance=instance)
-        case RateLimitedError():
-            return typed_problem(
-                "rate-limited", str(exc), instance=instance,
-                headers={"Retry-After": str(exc.retry_after_s)},
-            )  # fmt: skip
-        case InvalidKeyError():
-            return typed_problem("invalid-key", str(exc), instance=instance)
-        case InvalidTtlError():
-            return typed_problem("invalid-ttl", str(exc), instance=instance)
-        case InvalidPreconditionError():
-            return typed_problem("invalid-precondition", str(exc), instance=instance)
-        case InvalidCacheControlError():
-            return typed_problem("invalid-cache-control", str(exc), instance=instance)
-        case HeadersTooLargeError():
-            return typed_problem(
-                "headers-too-large", str(exc), instance=instance, headers={"Connection": "close"}
-            )
-        case TargetTooLongError():
-            return typed_problem("target-too-long", str(exc), instance=None)
-        case UnsupportedMediaTypeError():
-            return typed_problem("unsupported-media-type", str(exc), instance=instance)
-        case ValueTooLargeError():
-            return typed_problem(
-                "value-too-large", str(exc), instance=instance,
-                headers={"Connection": "close"}, extra={"limit_bytes": exc.limit_bytes},
-            )  # fmt: skip
-        case KeyNotFoundError():
-            return typed_problem("key-not-found", "no live entry for this key", instance=instance)
-        case StoreConflictError():
-            return typed_problem(
-                "precondition-failed", str(exc), instance=instance,
-                headers=_etag_headers(exc.current_version),
-            )  # fmt: skip
-        case WriteOutcomeUnknownError():
-            return typed_problem(
-                "write-outcome-unknown", str(exc), instance=instance, headers={"Retry-After": "1"}
-            )
-        case StoreUnavailableError():
-            return typed_problem(
-                "store-unavailable", str(exc), instance=instance, headers={"Retry-After": "1"}
-            )
-        case NotCachedError():
-            return typed_problem("not-cached", str(exc), instance=instance)
-        case NoAnswerError():
-            return typed_problem(
-                "no-answer", str(exc), instance=instance,
-                headers={"Retry-After": str(exc.retry_after_s)},
-            )  # fmt: skip
-        case TierError():
-            return typed_problem(
-                "no-answer", str(exc), instance=instance, headers={"Retry-After": "1"}
-            )
-    log.error("unexpected error", exc_info=exc)
-    return typed_problem(
-        "internal-error", "unexpected error; see the gateway's log", instance=instance
-    )
+def http_error(
+    status: int, *, instance: str | None, headers: dict[str, str] | None = None,
+    detail: str | None = None,
+) -> Response:  # fmt: skip
+    """A plain HTTP error (no such route, method not allowed) as an ``about:blank`` problem."""
+    title = {404: "Not Found", 405: "Method Not Allowed"}.get(status, "HTTP error")
+    return problem(status, title=title, detail=detail or title, instance=instance, headers=headers)
 
 
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into a problem response."""
 
-    async def on_cachegw_error(request: Request, exc: Exception) -> Response:
+    async def on_error(request: Request, exc: Exception) -> Response:
         return error_response(exc, instance=request.url.path)
-
-    async def on_validation_error(request: Request, exc: Exception) -> Response:
-        errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-        detail = "; ".join(
-            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}"
-            for err in errors
-        )
-        return typed_problem(
-            "invalid-request", detail or "invalid request", instance=request.url.path,
-            extra={"errors": [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")}
-                              for e in errors]},
-        )  # fmt: skip
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
         headers = dict(exc.headers or {}) if isinstance(exc, StarletteHTTPException) else None
         detail = exc.detail if isinstance(exc, StarletteHTTPException) else "error"
-        title = {404: "Not Found", 405: "Method Not Allowed"}.get(status, "HTTP error")
-        return problem(
-            status, title=title, detail=str(detail), instance=request.url.path, headers=headers
-        )
+        return http_error(status, instance=request.url.path, headers=headers, detail=str(detail))
 
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        return error_response(exc, instance=request.url.path)
-
-    app.add_exception_handler(CachegwError, on_cachegw_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(errors.CachegwError, on_error)  # answered, not re-raised
+    app.add_exception_handler(RequestValidationError, on_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)
+    app.add_exception_handler(Exception, on_error)
+
+    @app.get("/problems/{slug}", include_in_schema=False)
+    async def problem_type(slug: str) -> Response:
+        return problem_page(slug)

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from starlette.types import Receive, Scope, Send
 
 from app.devstack import Stack
 from app.gateway import Gateway
@@ -98,33 +99,32 @@ async def gateway_client(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
     """An in-process gateway (lifespan run) and an HTTP client for it, sending an API key."""
     app = create_app(settings)
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
+    state: dict[str, Any] = {}  # what the lifespan yields, as a server keeps it
+
+    async def served(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["state"] = state
+        await app(scope, receive, send)
+
+    async with LifespanManager(served, startup_timeout=30, shutdown_timeout=30):
+        transport = httpx.ASGITransport(app=served)
         async with httpx.AsyncClient(
             transport=transport, base_url="http://gateway", headers=auth_headers(api_key)
         ) as client:
-            yield client, app.state.gateway
+            yield client, state["gateway"]
 
 
 ClientFactory = Callable[..., Any]
 
 
-@pytest.fixture(params=[True, False], ids=["lean", "fastapi"])
-def lean_path(request: pytest.FixtureRequest) -> bool:
-    """The key API's conformance tests run against both paths (lean and FastAPI)."""
-    value: bool = request.param
-    return value
-
-
 @pytest.fixture
-async def client(stack: Stack, lean_path: bool) -> AsyncIterator[httpx.AsyncClient]:
-    async with gateway_client(settings_for(stack, lean_path=lean_path)) as (http, _):
+async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with gateway_client(settings_for(stack)) as (http, _):
         yield http
 
 
 @pytest.fixture
-async def gw(stack: Stack, lean_path: bool) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
-    async with gateway_client(settings_for(stack, lean_path=lean_path)) as pair:
+async def gw(stack: Stack) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
+    async with gateway_client(settings_for(stack)) as pair:
         yield pair
 
 

@@ -185,3 +185,42 @@ async def test_malformed_writes_are_problems_and_write_nothing(
     assert got == status, body[:300]
     problem(status, response_headers, body)
     assert not await stored(stack, "ok")
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "header", "status"),
+    [
+        ("GET", "/v1/keys/{key}", b"Cache-Control: max-age=\xb2", 400),
+        ("GET", "/v1/keys/{key}", b"Cache-Control: stale-if-error=\xb9", 400),
+        ("PUT", "/v1/keys/{key}?ttl=%C2%B2", b"X-Nothing: 1", 422),
+        ("PUT", "/v1/keys/{key}", b'If-Match: "\xb2"', 412),
+    ],
+    ids=["max-age", "stale-if-error", "ttl", "if-match"],
+)
+async def test_digits_outside_ascii_are_refused_as_malformed_not_a_500(
+    server: str, stack: Stack, method: str, target: str, header: bytes, status: int
+) -> None:
+    """Characters that str.isdigit() calls digits ("²", "¹") are not numbers of seconds or
+    versions: the request is refused as the contract says, never answered with a 500."""
+    key = new_key("digits")
+    request = (
+        f"{method} {target.format(key=key)} HTTP/1.1\r\nHost: x\r\n".encode() + auth()
+        + header + b"\r\nContent-Length: 5\r\n\r\nvalue"
+    )  # fmt: skip
+    got, response_headers, body = await asyncio.to_thread(raw_request, server, request)
+    assert got == status, body[:300]
+    problem(status, response_headers, body)
+    assert not await stored(stack, key)
+
+
+@pytest.mark.parametrize("header", ["If-Match", "If-None-Match"])
+async def test_an_empty_precondition_is_absent(server: str, stack: Stack, header: str) -> None:
+    """RFC 9110 5.6.1: an empty list. The schema allows it, so the write goes ahead."""
+    key = new_key("empty-precondition")
+    request = (
+        f"PUT /v1/keys/{key} HTTP/1.1\r\nHost: x\r\n".encode() + auth()
+        + f"{header}: \r\nContent-Length: 5\r\n\r\nvalue".encode()
+    )  # fmt: skip
+    got, _, body = await asyncio.to_thread(raw_request, server, request)
+    assert got == 201, body[:300]
+    assert await stored(stack, key)

@@ -24,12 +24,11 @@ def spans() -> Iterator[InMemorySpanExporter]:
         tracing.disable()
 
 
-@pytest.mark.parametrize("lean_path", [True, False], ids=["lean", "fastapi"])
 async def test_tier_spans_and_no_key_in_any_attribute(
-    stack: Stack, spans: InMemorySpanExporter, lean_path: bool
+    stack: Stack, spans: InMemorySpanExporter
 ) -> None:
     key = new_key("traced-secret-key")
-    async with gateway_client(settings_for(stack, lean_path=lean_path)) as (client, _):
+    async with gateway_client(settings_for(stack)) as (client, _):
         await client.put(f"/v1/keys/{key}", content=b"value")
         spans.clear()
         assert (await client.get(f"/v1/keys/{key}")).status_code == 200

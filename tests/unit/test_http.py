@@ -3,7 +3,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from fastapi.exceptions import RequestValidationError
 
+from app.api.dispatch import INVALIDATE_ROUTE, KEY_ROUTE, NO_ROUTE, explain_asked, route_of
 from app.api.http import (
     cache_status,
     content_type_of,
@@ -11,7 +13,6 @@ from app.api.http import (
     key_from_raw_path,
     read_limited,
 )
-from app.api.lean import wants_lean
 from app.codec import Entry
 from app.errors import InvalidKeyError, UnsupportedMediaTypeError, ValueTooLargeError
 from app.router import ReadResult
@@ -125,24 +126,30 @@ def test_headers_for_an_answer() -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "query", "lean"),
+    ("path", "route"),
     [
-        ("GET", "/v1/keys/a", b"", True),
-        ("HEAD", "/v1/keys/a%20b", b"", True),
-        ("GET", "/v1/keys/a", b"explain=1", False),
-        ("PUT", "/v1/keys/a", b"ttl=5", True),
-        ("DELETE", "/v1/keys/a", b"", True),
-        ("PATCH", "/v1/keys/a", b"", False),
-        ("POST", "/v1/keys/a/invalidate", b"", False),
-        ("GET", "/v1/keys/a/b", b"", False),
-        ("GET", "/readyz", b"", False),
+        ("/v1/keys/a", KEY_ROUTE),
+        ("/v1/keys/a b", KEY_ROUTE),
+        ("/v1/keys/a/invalidate", INVALIDATE_ROUTE),
+        ("/v1/keys/a/b", NO_ROUTE),
+        ("/v1/keys/a/", NO_ROUTE),
+        ("/v1/keys/", NO_ROUTE),
+        ("/v1/keys//invalidate", NO_ROUTE),
     ],
 )
-def test_which_requests_take_the_lean_path(
-    method: str, path: str, query: bytes, lean: bool
-) -> None:
-    scope = {"type": "http", "method": method, "path": path, "query_string": query}
-    assert wants_lean(scope) is lean
-    assert not wants_lean(
-        {"type": "lifespan"} | {"method": "GET", "path": path, "query_string": b""}
-    )
+def test_every_key_path_has_one_route(path: str, route: str) -> None:
+    assert route_of(path) == route
+
+
+@pytest.mark.parametrize(
+    ("query", "asked"),
+    [(b"", False), (b"explain=1", True), (b"explain=TRUE", True), (b"explain=no", False),
+     (b"ttl=5", False), (b"explain=0&explain=yes", True)],
+)  # fmt: skip
+def test_explain_is_read_as_fastapi_reads_a_boolean(query: bytes, asked: bool) -> None:
+    assert explain_asked({"query_string": query}) is asked
+
+
+def test_an_unreadable_explain_is_a_validation_error() -> None:
+    with pytest.raises(RequestValidationError):
+        explain_asked({"query_string": b"explain=maybe"})

@@ -1,4 +1,4 @@
-"""Head sampling on the lean path: the sampler is asked before the ASGI middleware runs."""
+"""Head sampling of the key operations: the sampler is asked before the ASGI middleware runs."""
 
 from __future__ import annotations
 
