@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from app.cluster.slots import key_slot
-from app.devstack import Stack, find_free_port
+from devstack import Stack, find_free_port
 from tests.integration.cluster_ops import owner_of
 from tests.integration.rawhttp import Connection
 from tests.integration.served import served

@@ -40,9 +40,9 @@ from typing import Any
 
 import asyncpg
 
-from app.devstack import Stack, find_free_port
 from bench.common import REPO, RESULTS, create_api_key, percentile
 from bench.history import WRONG_STATUSES, KeyHistory, Op, Read, check_read, last_acknowledged
+from devstack import Stack, find_free_port
 from tests.integration.cluster_ops import primaries
 from tests.integration.rawhttp import Connection
 from tests.integration.served import served

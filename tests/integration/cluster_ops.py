@@ -6,7 +6,7 @@ import asyncio
 import subprocess
 
 from app.cluster.slots import key_slot
-from app.devstack import Stack
+from devstack import Stack
 
 
 def redis_cli(port: int, *args: str) -> str:

@@ -22,10 +22,10 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from app.devstack import Stack
 from app.gateway import Gateway
 from app.main import create_app
 from app.settings import Settings
+from devstack import Stack
 from tests.integration.stacks import full_stack
 from tests.integration.tcp_proxy import TcpProxy
 

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from app.devstack import Stack, find_free_port
+from devstack import Stack, find_free_port
 from tests.integration.conftest import auth_headers
 from tests.integration.rawhttp import Connection, Reply
 from tests.integration.served import served

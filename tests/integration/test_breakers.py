@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from app.breaker import State
-from app.devstack import Stack
+from devstack import Stack
 from tests.integration.cluster_ops import key_in_node, primaries
 from tests.integration.conftest import gateway_client, settings_for
 

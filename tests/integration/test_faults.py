@@ -16,7 +16,7 @@ import pytest
 
 from app.cluster.slots import key_slot
 from app.codec import Entry, Tombstone
-from app.devstack import Stack
+from devstack import Stack
 from tests.integration.cluster_ops import (
     key_in_node,
     migrate_slot_slowly,

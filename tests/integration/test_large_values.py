@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from app.devstack import Stack
+from devstack import Stack
 from tests.integration.cluster_ops import key_in_node, primaries
 from tests.integration.conftest import auth_headers
 from tests.integration.harness import gateway_process

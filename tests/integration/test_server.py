@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from app.devstack import Stack, find_free_port
+from devstack import Stack, find_free_port
 from tests.integration.conftest import auth_headers
 from tests.integration.served import served
 

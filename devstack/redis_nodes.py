@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from app.devstack.base import StackBase
-from app.devstack.config import BUS_PORT_OFFSET, HOST
-from app.devstack.errors import StackError
-from app.devstack.ports import port_bindable
-from app.devstack.processes import (
+from devstack.base import StackBase
+from devstack.config import BUS_PORT_OFFSET, HOST
+from devstack.errors import StackError
+from devstack.ports import port_bindable
+from devstack.processes import (
     POLL_INTERVAL_S,
     PROCESS_EXIT_TIMEOUT_S,
     SIGKILL_AFTER_S,
@@ -35,19 +35,19 @@ from app.devstack.processes import (
     tail,
     wait_gone,
 )
-from app.devstack.resp import ping, redis_text
+from devstack.resp import ping, redis_text
 
 _NODE_START_TIMEOUT_S = 10.0
 
 
 class RedisNodes(StackBase):
-    """The six redis-server processes of a :class:`~app.devstack.stack.Stack`."""
+    """The six redis-server processes of a :class:`~devstack.stack.Stack`."""
 
     def _redis_conf(self, port: int) -> str:
         directory = self.node_dir(port)
         return "\n".join(
             [
-                "# Written by app.devstack; rewritten on every start.",
+                "# Written by devstack; rewritten on every start.",
                 f"port {port}",
                 f"bind {HOST}",
                 "protected-mode yes",

@@ -6,10 +6,10 @@ import contextlib
 import shutil
 import time
 
-from app.devstack.cluster_view import parse_info
-from app.devstack.postgres import Postgres, mask_dsn
-from app.devstack.redis_cluster import RedisCluster
-from app.devstack.resp import RedisReplyError, redis_text
+from devstack.cluster_view import parse_info
+from devstack.postgres import Postgres, mask_dsn
+from devstack.redis_cluster import RedisCluster
+from devstack.resp import RedisReplyError, redis_text
 
 
 class Stack(RedisCluster, Postgres):

@@ -7,12 +7,12 @@ import math
 import shutil
 import time
 
-from app.devstack.cluster_view import NodeView, info_int, node_view, parse_cluster_nodes, parse_info
-from app.devstack.config import CLUSTER_SLOTS, HOST, NODE_COUNT, PRIMARY_COUNT
-from app.devstack.errors import StackError
-from app.devstack.processes import clean_env, find_binary, output_tail, run
-from app.devstack.redis_nodes import RedisNodes
-from app.devstack.resp import RedisReplyError, redis_text
+from devstack.cluster_view import NodeView, info_int, node_view, parse_cluster_nodes, parse_info
+from devstack.config import CLUSTER_SLOTS, HOST, NODE_COUNT, PRIMARY_COUNT
+from devstack.errors import StackError
+from devstack.processes import clean_env, find_binary, output_tail, run
+from devstack.redis_nodes import RedisNodes
+from devstack.resp import RedisReplyError, redis_text
 
 _CLUSTER_POLL_INTERVAL_S = 0.1
 _CLUSTER_CREATE_TIMEOUT_S = 60.0
@@ -20,7 +20,7 @@ _BAD_NODE_FLAGS = frozenset({"fail", "fail?", "handshake", "noaddr"})
 
 
 class RedisCluster(RedisNodes):
-    """The six nodes of a :class:`~app.devstack.stack.Stack` as one Redis Cluster."""
+    """The six nodes of a :class:`~devstack.stack.Stack` as one Redis Cluster."""
 
     def _up_redis(self) -> None:
         ports = self.redis_ports

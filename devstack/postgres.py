@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from app.devstack.config import HOST
-from app.devstack.errors import StackError
-from app.devstack.ports import port_bindable
-from app.devstack.postgres_host import PostgresHost
-from app.devstack.processes import (
+from devstack.config import HOST
+from devstack.errors import StackError
+from devstack.ports import port_bindable
+from devstack.postgres_host import PostgresHost
+from devstack.processes import (
     PROCESS_EXIT_TIMEOUT_S,
     SIGKILL_AFTER_S,
     output_tail,
@@ -44,7 +44,7 @@ _MAX_UNIX_SOCKET_PATH = 100  # sockaddr_un.sun_path is 108 bytes including the N
 
 
 class Postgres(PostgresHost):
-    """The private (or external) Postgres of a :class:`~app.devstack.stack.Stack`."""
+    """The private (or external) Postgres of a :class:`~devstack.stack.Stack`."""
 
     def _is_our_postmaster(self, pid: int) -> bool:
         if not pid_alive(pid):

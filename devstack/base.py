@@ -14,14 +14,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-from app.devstack.config import HOST, NODE_COUNT, StackConfig
-from app.devstack.errors import StackError
+from devstack.config import HOST, NODE_COUNT, StackConfig
+from devstack.errors import StackError
 
 _LOCK_TIMEOUT_S = 300.0
 
 
 class StackBase:
-    """The state and paths :class:`~app.devstack.stack.Stack` is built on; the Redis and
+    """The state and paths :class:`~devstack.stack.Stack` is built on; the Redis and
     Postgres halves extend it."""
 
     def __init__(self, config: StackConfig, *, echo: Callable[[str], None] | None = None) -> None:

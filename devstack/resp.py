@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from typing import BinaryIO
 
-from app.devstack.config import HOST
+from devstack.config import HOST
 
 _REDIS_CALL_TIMEOUT_S = 1.0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from app.devstack.resp import redis_text
+from devstack.resp import redis_text
 
 
 def parse_info(text: str) -> dict[str, str]:

@@ -11,15 +11,15 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.devstack.base import StackBase
-from app.devstack.errors import StackError
-from app.devstack.processes import clean_env, output_tail, run
+from devstack.base import StackBase
+from devstack.errors import StackError
+from devstack.processes import clean_env, output_tail, run
 
 _PG_FALLBACK_BASE = Path("/var/tmp/cachegw-devstack")
 
 
 class PostgresHost(StackBase):
-    """The directories, user and binaries of a :class:`~app.devstack.stack.Stack`'s
+    """The directories, user and binaries of a :class:`~devstack.stack.Stack`'s
     private Postgres."""
 
     @property
