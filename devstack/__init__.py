@@ -17,8 +17,9 @@ repository root: the package is a development tool, outside the cachegw wheel an
 
 Modules: ``config`` (StackConfig and the stack's shape), ``ports``, ``processes`` (/proc
 checks, pidfd signalling, bounded waits), ``resp`` and ``cluster_view`` (talking to a node,
-parsing what it says), ``base``, ``redis_nodes``, ``redis_cluster``, ``postgres_host``,
-``postgres`` (the halves of :class:`Stack`), ``stack`` and ``cli``.
+parsing what it says), ``layout`` (paths, env file, step reporting, the lock), the parts
+``redis_nodes``, ``redis_cluster``, ``postgres_host`` and ``postgres``, ``stack`` (the parts
+composed) and ``cli``.
 """
 
 from __future__ import annotations

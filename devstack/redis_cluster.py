@@ -10,6 +10,7 @@ import time
 from devstack.cluster_view import NodeView, info_int, node_view, parse_cluster_nodes, parse_info
 from devstack.config import CLUSTER_SLOTS, HOST, NODE_COUNT, PRIMARY_COUNT
 from devstack.errors import StackError
+from devstack.layout import Layout
 from devstack.processes import clean_env, find_binary, output_tail, run
 from devstack.redis_nodes import RedisNodes
 from devstack.resp import RedisReplyError, redis_text
@@ -19,33 +20,40 @@ _CLUSTER_CREATE_TIMEOUT_S = 60.0
 _BAD_NODE_FLAGS = frozenset({"fail", "fail?", "handshake", "noaddr"})
 
 
-class RedisCluster(RedisNodes):
+class RedisCluster:
     """The six nodes of a :class:`~devstack.stack.Stack` as one Redis Cluster."""
 
-    def _up_redis(self) -> None:
-        ports = self.redis_ports
-        with self._step("redis: nodes up"):
-            started = self._start_nodes(ports)
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.config = layout.config
+        self.nodes = RedisNodes(layout)
+
+    def up(self) -> None:
+        ports = self.layout.redis_ports
+        with self.layout.step("redis: nodes up"):
+            started = self.nodes.start_nodes(ports)
         if started:
-            self._say(f"redis: started node(s) {started}")
+            self.layout.say(f"redis: started node(s) {started}")
         if len(started) < len(ports):
-            self._say(f"redis: {len(ports) - len(started)} node(s) were already running")
+            self.layout.say(f"redis: {len(ports) - len(started)} node(s) were already running")
         verdict, reason = self._assess_cluster()
         if verdict == "formed":
             try:
-                with self._step("redis: cluster ok"):
+                with self.layout.step("redis: cluster ok"):
                     self.wait_cluster_ok(timeout_s=self._convergence_timeout_s())
             except StackError as exc:
-                self._say(f"redis: {exc}; recreating the cluster (its data is discarded)")
+                self.layout.say(f"redis: {exc}; recreating the cluster (its data is discarded)")
             else:
                 return
             self._recreate_cluster()
         elif verdict == "fresh":
             self._create_cluster()
         else:
-            self._say(f"redis: cluster is half-formed ({reason}); recreating it (data discarded)")
+            self.layout.say(
+                f"redis: cluster is half-formed ({reason}); recreating it (data discarded)"
+            )
             self._recreate_cluster()
-        with self._step("redis: cluster ok"):
+        with self.layout.step("redis: cluster ok"):
             self.wait_cluster_ok(timeout_s=self._convergence_timeout_s())
 
     def _convergence_timeout_s(self) -> float:
@@ -53,7 +61,7 @@ class RedisCluster(RedisNodes):
 
     def _assess_cluster(self) -> tuple[str, str]:
         """("fresh"|"formed"|"broken", reason) for our running nodes."""
-        ports = self.redis_ports
+        ports = self.layout.redis_ports
         views: dict[int, NodeView] = {}
         for port in ports:
             try:
@@ -82,14 +90,17 @@ class RedisCluster(RedisNodes):
             redis_cli,
             "--cluster",
             "create",
-            *(f"{HOST}:{p}" for p in self.redis_ports),
+            *(f"{HOST}:{p}" for p in self.layout.redis_ports),
             "--cluster-replicas",
             "1",
             "--cluster-yes",
         ]
-        with self._step("redis: cluster created (redis-cli --cluster create)"):
+        with self.layout.step("redis: cluster created (redis-cli --cluster create)"):
             proc = run(
-                cmd, timeout_s=_CLUSTER_CREATE_TIMEOUT_S, env=clean_env("REDISCLI_"), cwd=self.root
+                cmd,
+                timeout_s=_CLUSTER_CREATE_TIMEOUT_S,
+                env=clean_env("REDISCLI_"),
+                cwd=self.layout.root,
             )
             if proc.returncode != 0 or "[ERR]" in proc.stdout:
                 raise StackError(
@@ -98,11 +109,11 @@ class RedisCluster(RedisNodes):
                 )
 
     def _recreate_cluster(self) -> None:
-        ports = self.redis_ports
-        with self._step("redis: nodes stopped and wiped"):
-            self._stop_nodes(ports)
+        ports = self.layout.redis_ports
+        with self.layout.step("redis: nodes stopped and wiped"):
+            self.nodes.stop_nodes(ports)
             for port in ports:
-                directory = self.node_dir(port)
+                directory = self.layout.node_dir(port)
                 for name in ("nodes.conf", "dump.rdb", "appendonly.aof", "redis.pid"):
                     with contextlib.suppress(FileNotFoundError):
                         (directory / name).unlink()
@@ -110,8 +121,8 @@ class RedisCluster(RedisNodes):
                 for leftover in directory.glob("temp-*.rdb"):
                     with contextlib.suppress(FileNotFoundError):
                         leftover.unlink()
-        with self._step("redis: fresh nodes running"):
-            self._start_nodes(ports)
+        with self.layout.step("redis: fresh nodes running"):
+            self.nodes.start_nodes(ports)
         verdict, reason = self._assess_cluster()
         if verdict != "fresh":
             raise StackError(f"redis nodes are not fresh after a wipe: {reason}")
@@ -122,8 +133,8 @@ class RedisCluster(RedisNodes):
         port, role ('primary'/'replica'), primary_id, slots [(start, end)], flags, link_state.
         """
         errors: list[str] = []
-        for port in self.redis_ports:
-            if self.node_pid(port) is None:
+        for port in self.layout.redis_ports:
+            if self.nodes.node_pid(port) is None:
                 continue
             try:
                 text = redis_text(port, "CLUSTER", "NODES")
@@ -142,7 +153,7 @@ class RedisCluster(RedisNodes):
         deadline = time.monotonic() + timeout_s
         problem: str | None = "not checked"
         for _ in range(math.ceil(timeout_s / _CLUSTER_POLL_INTERVAL_S) + 1):
-            problem = self._cluster_problem()
+            problem = self.problem()
             if problem is None:
                 return
             if time.monotonic() >= deadline:
@@ -150,9 +161,9 @@ class RedisCluster(RedisNodes):
             time.sleep(_CLUSTER_POLL_INTERVAL_S)
         raise StackError(f"the Redis Cluster is not ok after {timeout_s:.1f} s: {problem}")
 
-    def _cluster_problem(self) -> str | None:
+    def problem(self) -> str | None:
         """None when the cluster is healthy, else a short description of the first problem."""
-        live = [p for p in self.redis_ports if self.node_pid(p) is not None]
+        live = [p for p in self.layout.redis_ports if self.nodes.node_pid(p) is not None]
         if not live:
             return "no Redis node of the stack is running"
         live_set = set(live)
