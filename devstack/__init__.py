@@ -16,8 +16,8 @@ in time. Command line: ``python -m devstack up|down|status`` (see :func:`main`),
 repository root: the package is a development tool, outside the cachegw wheel and image.
 
 Modules: ``config`` (StackConfig and the stack's shape), ``ports``, ``processes`` (/proc
-checks, pidfd signalling, bounded waits), ``resp`` and ``cluster_view`` (talking to a node,
-parsing what it says), ``layout`` (paths, env file, step reporting, the lock), the parts
+checks, pidfd signalling, bounded waits), ``cluster_view`` (talking to a node with
+redis-py, parsing what it says), ``layout`` (paths, env file, step reporting, the lock), the parts
 ``redis_nodes``, ``redis_cluster``, ``postgres_host`` and ``postgres``, ``stack`` (the parts
 composed) and ``cli``.
 """

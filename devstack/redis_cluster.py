@@ -7,13 +7,21 @@ import math
 import shutil
 import time
 
-from devstack.cluster_view import NodeView, info_int, node_view, parse_cluster_nodes, parse_info
+from devstack.cluster_view import (
+    NODE_ERRORS,
+    NodeView,
+    cluster_nodes_text,
+    info_int,
+    node_client,
+    node_view,
+    parse_cluster_nodes,
+    replication,
+)
 from devstack.config import CLUSTER_SLOTS, HOST, NODE_COUNT, PRIMARY_COUNT
 from devstack.errors import StackError
 from devstack.layout import Layout
 from devstack.processes import clean_env, find_binary, output_tail, run
 from devstack.redis_nodes import RedisNodes
-from devstack.resp import RedisReplyError, redis_text
 
 _CLUSTER_POLL_INTERVAL_S = 0.1
 _CLUSTER_CREATE_TIMEOUT_S = 60.0
@@ -66,7 +74,7 @@ class RedisCluster:
         for port in ports:
             try:
                 views[port] = node_view(port)
-            except (OSError, RedisReplyError) as exc:
+            except NODE_ERRORS as exc:
                 return "broken", f"node {port} does not answer CLUSTER INFO: {exc}"
         if all(
             info_int(v.info, "cluster_known_nodes") == 1
@@ -137,8 +145,9 @@ class RedisCluster:
             if self.nodes.node_pid(port) is None:
                 continue
             try:
-                text = redis_text(port, "CLUSTER", "NODES")
-            except (OSError, RedisReplyError) as exc:
+                with node_client(port) as client:
+                    text = cluster_nodes_text(client)
+            except NODE_ERRORS as exc:
                 errors.append(f"{port}: {exc}")
                 continue
             return [n.as_dict() for n in parse_cluster_nodes(text)]
@@ -171,7 +180,7 @@ class RedisCluster:
         for port in live:
             try:
                 views[port] = node_view(port)
-            except (OSError, RedisReplyError) as exc:
+            except NODE_ERRORS as exc:
                 return f"node {port} does not answer: {exc or type(exc).__name__}"
         reference: list[tuple[int, tuple[tuple[int, int], ...]]] | None = None
         for port, view in views.items():
@@ -210,8 +219,9 @@ class RedisCluster:
             linked = False
             for replica in replicas:
                 try:
-                    repl = parse_info(redis_text(replica.port, "INFO", "replication"))
-                except (OSError, RedisReplyError) as exc:
+                    with node_client(replica.port) as client:
+                        repl = replication(client)
+                except NODE_ERRORS as exc:
                     return f"replica {replica.port} does not answer INFO: {exc}"
                 if repl.get("master_link_status") == "up" and repl.get("master_port") == str(
                     owner.port

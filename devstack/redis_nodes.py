@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from devstack.cluster_view import NODE_ERRORS, node_client, ping
 from devstack.config import BUS_PORT_OFFSET, HOST
 from devstack.errors import StackError
 from devstack.layout import Layout
@@ -35,7 +36,6 @@ from devstack.processes import (
     tail,
     wait_gone,
 )
-from devstack.resp import ping, redis_text
 
 _NODE_START_TIMEOUT_S = 10.0
 
@@ -149,7 +149,12 @@ class RedisNodes:
         loads it, so a later :meth:`kill_node` and :meth:`start_node` bring the node back with
         the data of this moment, as ``save`` persistence does after a crash."""
         self.check_port(port)
-        if redis_text(port, "SAVE", timeout_s=30) != "OK":
+        try:
+            with node_client(port, timeout_s=30) as client:
+                saved = bool(client.save())
+        except NODE_ERRORS as exc:
+            raise StackError(f"redis node {port}: SAVE failed: {exc}") from exc
+        if not saved:
             raise StackError(f"redis node {port}: SAVE failed")
         return self.layout.node_dir(port) / "dump.rdb"
 

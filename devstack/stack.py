@@ -9,12 +9,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from devstack.cluster_view import parse_info
+from devstack.cluster_view import NODE_ERRORS, cluster_info, node_client, replication
 from devstack.config import StackConfig
 from devstack.layout import Layout
 from devstack.postgres import Postgres, mask_dsn
 from devstack.redis_cluster import RedisCluster
-from devstack.resp import RedisReplyError, redis_text
 
 
 class Stack:
@@ -88,9 +87,10 @@ class Stack:
             }
             if pid is not None:
                 try:
-                    repl = parse_info(redis_text(port, "INFO", "replication"))
-                    info = parse_info(redis_text(port, "CLUSTER", "INFO"))
-                except (OSError, RedisReplyError):
+                    with node_client(port) as client:
+                        repl = replication(client)
+                        info = cluster_info(client)
+                except NODE_ERRORS:
                     pass
                 else:
                     entry["alive"] = True
