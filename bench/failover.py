@@ -34,7 +34,7 @@ from bench.common import (
     split_by_owner,
 )
 from devstack import Stack
-from tests.integration.cluster_ops import owner_of, primaries
+from devstack.cluster_ops import owner_of, primaries
 
 KILL_AT_S = 5.0
 

@@ -19,7 +19,9 @@ Modules: ``config`` (StackConfig and the stack's shape), ``ports``, ``processes`
 checks, pidfd signalling, bounded waits), ``cluster_view`` (talking to a node with
 redis-py, parsing what it says), ``layout`` (paths, env file, step reporting, the lock), the parts
 ``redis_nodes``, ``redis_cluster``, ``postgres_host`` and ``postgres``, ``stack`` (the parts
-composed) and ``cli``.
+composed) and ``cli``. What tests and benchmarks share: ``stacks`` (a stack of their own, migrated),
+``serving`` (a gateway in its own process), ``cluster_ops`` (slot owners, moving slots) and
+``rawhttp`` (a lean HTTP/1.1 client for load).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from app.gateway import Gateway
 from app.main import create_app
 from app.settings import Settings
 from devstack import Stack
-from tests.integration.stacks import full_stack
+from devstack.stacks import full_stack
 from tests.integration.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]

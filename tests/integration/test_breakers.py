@@ -7,7 +7,7 @@ import time
 
 from app.breaker import State
 from devstack import Stack
-from tests.integration.cluster_ops import key_in_node, primaries
+from devstack.cluster_ops import key_in_node, primaries
 from tests.integration.conftest import gateway_client, settings_for
 
 

@@ -17,7 +17,7 @@ import pytest
 from app.cluster.slots import key_slot
 from app.codec import Entry, Tombstone
 from devstack import Stack
-from tests.integration.cluster_ops import (
+from devstack.cluster_ops import (
     key_in_node,
     migrate_slot_slowly,
     owner_of,

@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 
 from devstack import Stack
-from tests.integration.cluster_ops import key_in_node, primaries
+from devstack.cluster_ops import key_in_node, primaries
+from devstack.rawhttp import Connection
 from tests.integration.conftest import auth_headers
 from tests.integration.harness import gateway_process
-from tests.integration.rawhttp import Connection
 
 LARGE = 1024 * 1024
 READERS = 32

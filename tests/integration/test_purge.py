@@ -22,7 +22,7 @@ import pytest
 from app.settings import PostgresSettings
 from app.store import Store
 from devstack import Stack
-from tests.integration.stacks import postgres_only
+from devstack.stacks import postgres_only
 
 BULK_ROWS = 50_000  # enough rows for the planner to choose a TID scan for the purge
 

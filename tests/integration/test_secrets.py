@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from devstack import Stack
-from tests.integration.cluster_ops import redis_cli
+from devstack.cluster_ops import redis_cli
 from tests.integration.conftest import TEST_KEY
 from tests.integration.harness import gateway_process
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
 from devstack import Stack
-from tests.integration.cluster_ops import primaries
+from devstack.cluster_ops import primaries
 from tests.integration.conftest import auth_headers
 from tests.integration.harness import gateway_process
 
