@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from app import codec
 from app.cluster.slots import key_slot
 from devstack import Stack
 from devstack.cluster_ops import owner_of
@@ -40,7 +41,7 @@ TARGETS = {
 
 def redis_key(target: str, key: str) -> bytes:
     """The Redis key each target stores ``key`` under (they differ, and so do their slots)."""
-    return f"cg:default:{key}".encode() if target == "gateway" else f"naive:{key}".encode()
+    return codec.redis_key("cg", "default", key) if target == "gateway" else f"naive:{key}".encode()
 
 
 @contextlib.contextmanager
