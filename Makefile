@@ -37,7 +37,7 @@ $(STAMP): requirements-dev.lock pyproject.toml
 	@touch $@
 
 run: install
-	$(BIN)/cachegw devstack up
+	$(BIN)/python -m devstack up
 	$(BIN)/cachegw migrate up --env-file .devstack/env
 	@echo "cachegw: development API key (send Authorization: Bearer <key>):"
 	@$(BIN)/cachegw keys --env-file .devstack/env dev
@@ -45,10 +45,10 @@ run: install
 	$(BIN)/cachegw serve --env-file .devstack/env --port $(PORT)
 
 down:
-	@if [ -x $(BIN)/cachegw ]; then $(BIN)/cachegw devstack down; else echo "nothing to stop"; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m devstack down; else echo "nothing to stop"; fi
 
 status: $(STAMP)
-	$(BIN)/cachegw devstack status
+	$(BIN)/python -m devstack status
 
 test: system-deps-test install
 	$(BIN)/pytest
@@ -80,13 +80,13 @@ soak: install
 	SOAK_S=$(SOAK_S) $(BIN)/python -m bench.soak
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests alembic bench
-	$(BIN)/ruff format --check app tests alembic bench
-	$(BIN)/mypy --strict app
+	$(BIN)/ruff check app devstack tests alembic bench
+	$(BIN)/ruff format --check app devstack tests alembic bench
+	$(BIN)/mypy --strict app devstack
 
 fmt: $(STAMP)
-	$(BIN)/ruff format app tests alembic bench
-	$(BIN)/ruff check --fix app tests alembic bench
+	$(BIN)/ruff format app devstack tests alembic bench
+	$(BIN)/ruff check --fix app devstack tests alembic bench
 
 # Regenerate the pinned trees from pyproject.toml (runtime, then runtime + dev).
 lock:

@@ -1,4 +1,4 @@
-"""``cachegw``: the project's command (serve, migrate, devstack)."""
+"""``cachegw``: the project's command (serve, migrate, keys)."""
 
 from __future__ import annotations
 
@@ -88,13 +88,8 @@ def migrate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["devstack"]:
-        from app import devstack
-
-        return devstack.main(argv[1:])
     parser = argparse.ArgumentParser(prog="cachegw", description="The cachegw cache gateway.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("devstack", help="local Redis Cluster and Postgres: up|down|status")
 
     p_serve = sub.add_parser("serve", help="serve the gateway with uvicorn")
     p_serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from app import codec
 from app.cluster.slots import key_slot
-from app.devstack import Stack, find_free_port
-from tests.integration.cluster_ops import owner_of
-from tests.integration.rawhttp import Connection
-from tests.integration.served import served
-from tests.integration.stacks import full_stack
+from devstack import Stack
+from devstack.cluster_ops import owner_of
+from devstack.rawhttp import Connection
+from devstack.serving import serve_gateway
+from devstack.stacks import full_stack
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -40,7 +41,7 @@ TARGETS = {
 
 def redis_key(target: str, key: str) -> bytes:
     """The Redis key each target stores ``key`` under (they differ, and so do their slots)."""
-    return f"cg:default:{key}".encode() if target == "gateway" else f"naive:{key}".encode()
+    return codec.redis_key("cg", "default", key) if target == "gateway" else f"naive:{key}".encode()
 
 
 @contextlib.contextmanager
@@ -132,25 +133,17 @@ def create_api_key(stack: Stack) -> str:
 @contextlib.contextmanager
 def serve(target: str, stack: Stack, *, env: dict[str, str] | None = None) -> Iterator[str]:
     """One uvicorn worker (uvloop, httptools) serving ``target`` against the stack."""
-    port = find_free_port()
-    environment = {**os.environ, **stack.env(), **(env or {})}
     command = [
         sys.executable, "-m", "uvicorn", *TARGETS[target], "--host", "127.0.0.1",
-        "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-        "--log-level", "warning",
+        "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
-    log_path = RESULTS / f".{target}-{port}.log"
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        with served(
-            command, env=environment, log_path=log_path,
-            ready_url=f"{base_url}/v1/keys/-ready-probe",
-            ready_statuses=(200, 401, 404),  # 401: the gateway, without a key
-            timeout_s=30,
-        ):  # fmt: skip
-            yield base_url
-    finally:
-        log_path.unlink(missing_ok=True)
+    with serve_gateway(
+        stack, RESULTS, command=command, env=env, log_name=f".{target}", keep_log=False,
+        ready_path="/v1/keys/-ready-probe",
+        ready_statuses=(200, 401, 404),  # 401: the gateway, without a key
+        timeout_s=30,
+    ) as base_url:  # fmt: skip
+        yield base_url
 
 
 async def seed(

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.devstack import Stack
 from bench.common import (
     RESULTS,
     Sample,
@@ -34,7 +33,8 @@ from bench.common import (
     serve,
     split_by_owner,
 )
-from tests.integration.cluster_ops import owner_of, primaries
+from devstack import Stack
+from devstack.cluster_ops import owner_of, primaries
 
 KILL_AT_S = 5.0
 

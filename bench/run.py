@@ -23,7 +23,6 @@ from typing import Any
 
 import asyncpg
 
-from app.devstack import Stack
 from bench.common import (
     RESULTS,
     TRACE_SAMPLE_RATIO,
@@ -35,6 +34,7 @@ from bench.common import (
     seed,
     serve,
 )
+from devstack import Stack
 
 THROUGHPUT = ("read_hit", "mixed")
 TARGETS = ("gateway", "naive")

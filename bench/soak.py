@@ -29,7 +29,6 @@ import json
 import os
 import random
 import signal
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -40,13 +39,13 @@ from typing import Any
 
 import asyncpg
 
-from app.devstack import Stack, find_free_port
 from bench.common import REPO, RESULTS, create_api_key, percentile
 from bench.history import WRONG_STATUSES, KeyHistory, Op, Read, check_read, last_acknowledged
-from tests.integration.cluster_ops import primaries
-from tests.integration.rawhttp import Connection
-from tests.integration.served import served
-from tests.integration.stacks import full_stack
+from devstack import Stack
+from devstack.cluster_ops import primaries
+from devstack.rawhttp import Connection
+from devstack.serving import GATEWAY, serve_gateway
+from devstack.stacks import full_stack
 
 UNKNOWN_OUTCOME = "/problems/write-outcome-unknown"
 
@@ -374,23 +373,18 @@ async def run(args: argparse.Namespace) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with soak_stack() as stack, contextlib.ExitStack() as exits:
         api_key = create_api_key(stack)
-        port = find_free_port()
-        log_path = RESULTS / f".soak-gateway-{port}.log"
-        if not args.keep_log:
-            exits.callback(log_path.unlink, missing_ok=True)
-        exits.enter_context(
-            served(
-                [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "2"],
-                env={**os.environ, **stack.env()},
-                log_path=log_path,
-                ready_url=f"http://127.0.0.1:{port}/readyz",
+        base_url = exits.enter_context(
+            serve_gateway(
+                stack,
+                RESULTS,
+                command=[*GATEWAY, "--workers", "2"],
+                log_name=".soak-gateway",
+                keep_log=args.keep_log,
                 timeout_s=60,
             )
         )
         run_id = uuid.uuid4().hex[:6]
-        soak = Soak(
-            f"http://127.0.0.1:{port}", api_key, [f"soak-{run_id}-{i}" for i in range(args.keys)]
-        )
+        soak = Soak(base_url, api_key, [f"soak-{run_id}-{i}" for i in range(args.keys)])
         soak.started = time.monotonic()
         until = soak.started + args.duration
         print(f"soak: {args.duration} s, {args.keys} keys, {args.readers} readers, "

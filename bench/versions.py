@@ -30,7 +30,7 @@ from app.outbox import Outbox
 from app.settings import OutboxSettings, PostgresSettings
 from app.store import Store
 from bench.common import REPO, RESULTS
-from tests.integration import stacks
+from devstack import stacks
 
 LIVE_KEYS = 100_000
 NOTES = 50_000

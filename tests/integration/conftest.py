@@ -23,11 +23,11 @@ import pytest
 from asgi_lifespan import LifespanManager
 from starlette.types import Receive, Scope, Send
 
-from app.devstack import Stack
 from app.gateway import Gateway
 from app.main import create_app
 from app.settings import Settings
-from tests.integration.stacks import full_stack
+from devstack import Stack
+from devstack.stacks import full_stack
 from tests.integration.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,9 +9,7 @@ acknowledged before the read started, unless the answer says it is stale (``fwd=
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -22,10 +20,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from app.devstack import Stack, find_free_port
+from devstack import Stack
+from devstack.rawhttp import Connection, Reply
+from devstack.serving import serve_gateway
 from tests.integration.conftest import auth_headers
-from tests.integration.rawhttp import Connection, Reply
-from tests.integration.served import served
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,13 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @contextmanager
 def gateway_process(stack: Stack, log_dir: Path, **env: str) -> Iterator[str]:
     """``cachegw serve`` on a free port against the stack; stopped (by PID) afterwards."""
-    port = find_free_port()
-    environment = {**os.environ, **stack.env(), **env}
-    base = f"http://127.0.0.1:{port}"
-    with served(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        env=environment, log_path=log_dir / f"gateway-{port}.log", ready_url=f"{base}/readyz",
-    ):  # fmt: skip
+    with serve_gateway(stack, log_dir, env=env) as base:
         yield base
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from redis.cluster import ClusterNode, RedisCluster
 
 from app.codec import Entry, Tombstone, decode, encode_entry, redis_key
-from app.devstack import Stack
+from devstack import Stack
 
 
 def cluster_client(stack: Stack) -> RedisCluster:

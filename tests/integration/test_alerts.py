@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from app.devstack import Stack
+from devstack import Stack
 from tests.integration.conftest import gateway_client, settings_for
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the rules")

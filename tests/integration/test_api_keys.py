@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from app.codec import Entry, Tombstone
-from app.devstack import Stack
 from app.gateway import Gateway
+from devstack import Stack
 from tests.integration.conftest import gateway_client, settings_for
 from tests.integration.redis_direct import cached, drop
 

@@ -8,7 +8,7 @@ import logging
 import httpx
 import pytest
 
-from app.devstack import Stack
+from devstack import Stack
 from tests.integration.conftest import cli, create_key, gateway_client, settings_for
 from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.test_api_keys import assert_problem, new_key

@@ -6,8 +6,8 @@ import asyncio
 import time
 
 from app.breaker import State
-from app.devstack import Stack
-from tests.integration.cluster_ops import key_in_node, primaries
+from devstack import Stack
+from devstack.cluster_ops import key_in_node, primaries
 from tests.integration.conftest import gateway_client, settings_for
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from app.devstack import Stack
+from devstack import Stack
+from devstack.rawhttp import Connection
 from tests.integration.conftest import auth_headers, gateway_client, settings_for
 from tests.integration.harness import gateway_process
-from tests.integration.rawhttp import Connection
 
 GET_QUERY = "%FROM entries WHERE namespace = $1 AND key = $2%"
 

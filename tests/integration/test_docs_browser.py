@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from app.devstack import Stack
+from devstack import Stack
 from tests.integration.harness import ROOT, gateway_process
 
 BROWSER_DIR = ROOT / "tests" / "browser"

@@ -16,8 +16,8 @@ import pytest
 
 from app.cluster.slots import key_slot
 from app.codec import Entry, Tombstone
-from app.devstack import Stack
-from tests.integration.cluster_ops import (
+from devstack import Stack
+from devstack.cluster_ops import (
     key_in_node,
     migrate_slot_slowly,
     owner_of,

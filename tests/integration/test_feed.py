@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from app.devstack import Stack
+from devstack import Stack
 from tests.integration.conftest import auth_headers, gateway_client, settings_for
 from tests.integration.harness import gateway_process
 from tests.integration.tcp_proxy import TcpProxy

@@ -18,7 +18,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
-from app.devstack import Stack
+from devstack import Stack
 from tests.integration.conftest import auth_headers
 from tests.integration.harness import gateway_process
 

@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app.devstack import Stack
+from devstack import Stack
 from tests.integration.conftest import TEST_KEY, auth_headers
 from tests.integration.harness import gateway_process
 from tests.integration.test_api_keys import new_key

@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.devstack import Stack
 from bench.common import bench_keys, run_k6, seed
+from devstack import Stack
 from tests.integration.conftest import TEST_KEY, auth_headers
 from tests.integration.harness import gateway_process
 

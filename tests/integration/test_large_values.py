@@ -15,11 +15,11 @@ from pathlib import Path
 
 import httpx
 
-from app.devstack import Stack
-from tests.integration.cluster_ops import key_in_node, primaries
+from devstack import Stack
+from devstack.cluster_ops import key_in_node, primaries
+from devstack.rawhttp import Connection
 from tests.integration.conftest import auth_headers
 from tests.integration.harness import gateway_process
-from tests.integration.rawhttp import Connection
 
 LARGE = 1024 * 1024
 READERS = 32

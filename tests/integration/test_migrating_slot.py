@@ -13,8 +13,8 @@ import uuid
 from prometheus_client import REGISTRY
 
 from app.cluster.slots import key_slot
-from app.devstack import Stack
-from tests.integration.cluster_ops import key_in_node, owner_of, primaries, redis_cli
+from devstack import Stack
+from devstack.cluster_ops import key_in_node, owner_of, primaries, redis_cli
 from tests.integration.conftest import gateway_client, settings_for
 
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from app.devstack import Stack
+from devstack import Stack
 from tests.integration.conftest import ROOT
 
 

@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.devstack import Stack
+from devstack import Stack
 from tests.integration.conftest import ROOT, TEST_KEY
 from tests.integration.harness import gateway_process
 

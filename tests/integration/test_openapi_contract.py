@@ -24,7 +24,7 @@ from jsonschema_path import SchemaPath
 from openapi_spec_validator import validate
 from openapi_spec_validator.shortcuts import get_validator_cls
 
-from app.devstack import Stack
+from devstack import Stack
 from tests.integration.conftest import gateway_client, settings_for
 
 SNAPSHOT = Path(__file__).with_name("openapi_snapshot.json")

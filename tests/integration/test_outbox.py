@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 
 from app.codec import Entry, Tombstone
-from app.devstack import Stack
+from devstack import Stack
 from tests.integration.conftest import gateway_client, settings_for
 from tests.integration.redis_direct import cached
 from tests.integration.test_api_keys import new_key

@@ -19,10 +19,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from app.devstack import Stack
 from app.settings import PostgresSettings
 from app.store import Store
-from tests.integration.stacks import postgres_only
+from devstack import Stack
+from devstack.stacks import postgres_only
 
 BULK_ROWS = 50_000  # enough rows for the planner to choose a TID scan for the purge
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from app.devstack import Stack
+from devstack import Stack
 from tests.integration.conftest import ROOT, TEST_KEY
 from tests.integration.harness import gateway_process
 from tests.integration.test_node_client import NODE_DIR, ensure_node_modules, node

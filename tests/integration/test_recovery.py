@@ -18,9 +18,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from app.codec import Entry, Tombstone
-from app.devstack import Stack
 from app.gateway import Gateway
-from tests.integration.cluster_ops import key_in_node, primaries
+from devstack import Stack
+from devstack.cluster_ops import key_in_node, primaries
 from tests.integration.conftest import gateway_client, settings_for
 from tests.integration.redis_direct import cached
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.devstack import Stack
-from tests.integration.cluster_ops import redis_cli
+from devstack import Stack
+from devstack.cluster_ops import redis_cli
 from tests.integration.conftest import TEST_KEY
 from tests.integration.harness import gateway_process
 

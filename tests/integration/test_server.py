@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from app.devstack import Stack, find_free_port
+from devstack import Stack
+from devstack.serving import serve_gateway
 from tests.integration.conftest import auth_headers
-from tests.integration.served import served
 
 
 @pytest.fixture(scope="module")
 def server(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = find_free_port()
-    env = {**os.environ, **stack.env(), "PORT": str(port)}
-    base = f"http://127.0.0.1:{port}"
-    with served(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        env=env, log_path=tmp_path_factory.mktemp("server") / "gateway.log",
-        ready_url=f"{base}/readyz", timeout_s=10,
-    ):  # fmt: skip
+    with serve_gateway(stack, tmp_path_factory.mktemp("server"), timeout_s=10) as base:
         yield base
 
 

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
-from app.devstack import Stack
-from tests.integration.cluster_ops import primaries
+from devstack import Stack
+from devstack.cluster_ops import primaries
 from tests.integration.conftest import auth_headers
 from tests.integration.harness import gateway_process
 

@@ -6,7 +6,7 @@ Postgres is made slow for real: a TCP proxy between the gateway and it holds eve
 
 from __future__ import annotations
 
-from app.devstack import Stack
+from devstack import Stack
 from tests.integration.conftest import gateway_client, settings_for
 from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.test_api_keys import new_key

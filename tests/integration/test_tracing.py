@@ -8,7 +8,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from app import tracing
-from app.devstack import Stack
+from devstack import Stack
 from tests.integration.conftest import gateway_client, settings_for
 from tests.integration.redis_direct import drop
 from tests.integration.test_api_keys import new_key

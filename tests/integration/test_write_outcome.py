@@ -7,7 +7,7 @@ not come in time is answered with its own problem type, which never says "nothin
 
 from __future__ import annotations
 
-from app.devstack import Stack
+from devstack import Stack
 from tests.integration.conftest import gateway_client, settings_for
 from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.test_api_keys import new_key

@@ -1,4 +1,4 @@
-"""What both halves of the stack share: its layout under root, the env file, step reporting
+"""What every part of the stack shares: its layout under root, the env file, step reporting
 and the lock that keeps two ``up``/``down`` runs from interleaving."""
 
 from __future__ import annotations
@@ -14,22 +14,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-from app.devstack.config import HOST, NODE_COUNT, StackConfig
-from app.devstack.errors import StackError
+from devstack.config import HOST, NODE_COUNT, StackConfig
+from devstack.errors import StackError
 
 _LOCK_TIMEOUT_S = 300.0
 
 
-class StackBase:
-    """The state and paths :class:`~app.devstack.stack.Stack` is built on; the Redis and
-    Postgres halves extend it."""
+class Layout:
+    """Where a :class:`~devstack.stack.Stack` keeps its files, the ports it uses, and how it
+    reports its steps; handed to each of its parts."""
 
     def __init__(self, config: StackConfig, *, echo: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.root = config.root.expanduser().absolute().resolve()
         self._echo = echo
-        self._is_root = os.geteuid() == 0
-        self._pg_bin_cache: Path | None = None
 
     @property
     def redis_ports(self) -> list[int]:
@@ -71,18 +69,18 @@ class StackBase:
         os.replace(tmp, self.env_path)
         return self.env_path
 
-    def _say(self, message: str) -> None:
+    def say(self, message: str) -> None:
         if self._echo is not None:
             self._echo(message)
 
     @contextlib.contextmanager
-    def _step(self, message: str) -> Iterator[None]:
+    def step(self, message: str) -> Iterator[None]:
         started = time.monotonic()
         yield
-        self._say(f"{message} ({time.monotonic() - started:.2f} s)")
+        self.say(f"{message} ({time.monotonic() - started:.2f} s)")
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
         """An exclusive flock on ``root/.lock`` (bounded wait)."""
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from app.devstack import BUS_PORT_OFFSET, Stack, StackConfig, find_free_base_port, find_free_port
+from devstack import BUS_PORT_OFFSET, Stack, StackConfig, find_free_base_port, find_free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,24 +1,39 @@
-"""The whole stack: both halves composed, with ``up``, ``down``, ``status`` and purge."""
+"""The whole stack: its layout, the Redis Cluster and Postgres composed, with ``up``, ``down``,
+``status`` and purge."""
 
 from __future__ import annotations
 
 import contextlib
 import shutil
 import time
+from collections.abc import Callable
+from pathlib import Path
 
-from app.devstack.cluster_view import parse_info
-from app.devstack.postgres import Postgres, mask_dsn
-from app.devstack.redis_cluster import RedisCluster
-from app.devstack.resp import RedisReplyError, redis_text
+from devstack.cluster_view import NODE_ERRORS, cluster_info, node_client, replication
+from devstack.config import StackConfig
+from devstack.layout import Layout
+from devstack.postgres import Postgres, mask_dsn
+from devstack.redis_cluster import RedisCluster
 
 
-class Stack(RedisCluster, Postgres):
+class Stack:
     """The local Redis Cluster and Postgres described by a :class:`StackConfig`.
+
+    Three parts, each its own object: ``layout`` (paths, ports, env file, step reporting, the
+    lock), ``redis`` (the cluster and, as ``redis.nodes``, its processes) and ``postgres``. The
+    methods below the lifecycle ones only hand a call to the part that does it.
 
     ``echo`` receives one line per step (with its duration); the CLI prints them, library use
     is silent by default. Public methods are safe to repeat; ``up`` and ``down`` take a file
     lock in the data directory so two of them never interleave.
     """
+
+    def __init__(self, config: StackConfig, *, echo: Callable[[str], None] | None = None) -> None:
+        self.layout = Layout(config, echo=echo)
+        self.redis = RedisCluster(self.layout)
+        self.postgres = Postgres(self.layout)
+        self.config = config
+        self.root = self.layout.root
 
     def up(self) -> None:
         """Bring the whole stack up, or leave it be where it already is.
@@ -30,12 +45,12 @@ class Stack(RedisCluster, Postgres):
         writes ``root/env``. Raises :class:`StackError` when something cannot be done.
         """
         started = time.monotonic()
-        with self._locked():
-            self._up_redis()
-            self._up_postgres()
-            with self._step(f"env written to {self.env_path}"):
+        with self.layout.locked():
+            self.redis.up()
+            self.postgres.up()
+            with self.layout.step(f"env written to {self.env_path}"):
                 self.write_env_file()
-        self._say(f"stack up ({time.monotonic() - started:.2f} s)")
+        self.layout.say(f"stack up ({time.monotonic() - started:.2f} s)")
 
     def down(self, *, purge: bool = False) -> None:
         """Stop exactly the processes this stack started (by PID from its pidfiles).
@@ -45,17 +60,17 @@ class Stack(RedisCluster, Postgres):
         under ``root`` are deleted, and ``root`` itself when nothing else is left in it.
         """
         if not self.root.exists():
-            self._say(f"nothing to stop: {self.root} does not exist")
+            self.layout.say(f"nothing to stop: {self.root} does not exist")
             return
         started = time.monotonic()
-        with self._locked():
-            self._stop_all_nodes()
+        with self.layout.locked():
+            self.redis.nodes.stop_all_nodes()
             if self.config.external_pg_dsn is None or self.pg_data.exists():
                 self.stop_postgres()
             if purge:
-                with self._step(f"purged {self.root}"):
+                with self.layout.step(f"purged {self.root}"):
                     self._purge()
-        self._say(f"stack down ({time.monotonic() - started:.2f} s)")
+        self.layout.say(f"stack down ({time.monotonic() - started:.2f} s)")
 
     def status(self) -> dict[str, object]:
         """A snapshot: per node port, pid, alive, role and cluster_state; the cluster's health;
@@ -72,9 +87,10 @@ class Stack(RedisCluster, Postgres):
             }
             if pid is not None:
                 try:
-                    repl = parse_info(redis_text(port, "INFO", "replication"))
-                    info = parse_info(redis_text(port, "CLUSTER", "INFO"))
-                except (OSError, RedisReplyError):
+                    with node_client(port) as client:
+                        repl = replication(client)
+                        info = cluster_info(client)
+                except NODE_ERRORS:
                     pass
                 else:
                     entry["alive"] = True
@@ -82,13 +98,15 @@ class Stack(RedisCluster, Postgres):
                     entry["role"] = {"master": "primary", "slave": "replica"}.get(role or "", role)
                     entry["cluster_state"] = info.get("cluster_state")
             nodes.append(entry)
-        problem = self._cluster_problem()
-        pg_ready = self._pg_ready()
+        problem = self.redis.problem()
+        pg_ready = self.postgres.ready()
         postgres: dict[str, object] = {
             "ready": pg_ready,
             "dsn": mask_dsn(self.pg_dsn),
             "external": self.config.external_pg_dsn is not None,
-            "pid": None if self.config.external_pg_dsn is not None else self._postmaster_pid(),
+            "pid": None
+            if self.config.external_pg_dsn is not None
+            else self.postgres.postmaster_pid(),
         }
         return {
             "root": str(self.root),
@@ -101,7 +119,7 @@ class Stack(RedisCluster, Postgres):
 
     def _purge(self) -> None:
         """Delete what the stack wrote under root, then root when it is left empty."""
-        for port in self._node_dirs_on_disk():
+        for port in self.redis.nodes.node_dirs_on_disk():
             shutil.rmtree(self.node_dir(port))
         pg_dir = self.pg_dir
         for path in (self.root / "redis", pg_dir):
@@ -120,3 +138,71 @@ class Stack(RedisCluster, Postgres):
                 (self.root / name).unlink()
         with contextlib.suppress(OSError):
             self.root.rmdir()
+
+    # The layout.
+
+    @property
+    def redis_ports(self) -> list[int]:
+        return self.layout.redis_ports
+
+    @property
+    def env_path(self) -> Path:
+        return self.layout.env_path
+
+    @property
+    def pg_dsn(self) -> str:
+        return self.layout.pg_dsn
+
+    def env(self) -> dict[str, str]:
+        return self.layout.env()
+
+    def write_env_file(self) -> Path:
+        return self.layout.write_env_file()
+
+    def node_dir(self, port: int) -> Path:
+        return self.layout.node_dir(port)
+
+    # Redis: see RedisNodes and RedisCluster.
+
+    def node_pid(self, port: int) -> int | None:
+        return self.redis.nodes.node_pid(port)
+
+    def start_node(self, port: int) -> None:
+        self.redis.nodes.start_node(port)
+
+    def kill_node(self, port: int) -> None:
+        self.redis.nodes.kill_node(port)
+
+    def pause_node(self, port: int) -> None:
+        self.redis.nodes.pause_node(port)
+
+    def resume_node(self, port: int) -> None:
+        self.redis.nodes.resume_node(port)
+
+    def snapshot_node(self, port: int) -> Path:
+        return self.redis.nodes.snapshot_node(port)
+
+    def forget_snapshot(self, port: int) -> None:
+        self.redis.nodes.forget_snapshot(port)
+
+    def cluster_nodes(self) -> list[dict[str, object]]:
+        return self.redis.cluster_nodes()
+
+    def wait_cluster_ok(self, timeout_s: float = 30.0) -> None:
+        self.redis.wait_cluster_ok(timeout_s)
+
+    # Postgres: see Postgres.
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.postgres.pg_dir
+
+    @property
+    def pg_data(self) -> Path:
+        return self.postgres.pg_data
+
+    def start_postgres(self) -> None:
+        self.postgres.start()
+
+    def stop_postgres(self) -> None:
+        self.postgres.stop()

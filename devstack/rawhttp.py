@@ -1,4 +1,5 @@
-"""A minimal HTTP/1.1 keep-alive client for load in tests: one connection per reader.
+"""A minimal HTTP/1.1 keep-alive client for load in tests and benchmarks: one connection per
+reader.
 
 httpx spends about 4 ms of CPU per request with 50 pooled connections on this machine, so
 50 httpx readers measure httpx. This speaks just enough HTTP/1.1 for the gateway's answers

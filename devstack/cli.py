@@ -1,5 +1,4 @@
-"""The command line: ``devstack up|down|status`` (``python -m app.devstack``, ``cachegw
-devstack``)."""
+"""The command line: ``python -m devstack up|down|status``."""
 
 from __future__ import annotations
 
@@ -10,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app.devstack.config import StackConfig
-from app.devstack.errors import StackError
-from app.devstack.postgres import mask_dsn
-from app.devstack.stack import Stack
+from devstack.config import StackConfig
+from devstack.errors import StackError
+from devstack.postgres import mask_dsn
+from devstack.stack import Stack
 
 
 def _env_int(name: str, default: int) -> int:
@@ -28,7 +27,7 @@ def _env_int(name: str, default: int) -> int:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="devstack",
+        prog="python -m devstack",
         description=(
             "A local 6-node Redis Cluster and a private Postgres for cachegw. Defaults come from "
             "CACHEGW_DEVSTACK_DIR, CACHEGW_DEVSTACK_REDIS_BASE_PORT, CACHEGW_DEVSTACK_PG_PORT and "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.devstack.errors import StackError
+from devstack.errors import StackError
 
 NODE_COUNT = 6
 """Redis nodes in the cluster: 3 primaries, each with one replica."""

@@ -11,28 +11,34 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.devstack.base import StackBase
-from app.devstack.errors import StackError
-from app.devstack.processes import clean_env, output_tail, run
+from devstack.errors import StackError
+from devstack.layout import Layout
+from devstack.processes import clean_env, output_tail, run
 
 _PG_FALLBACK_BASE = Path("/var/tmp/cachegw-devstack")
 
 
-class PostgresHost(StackBase):
-    """The directories, user and binaries of a :class:`~app.devstack.stack.Stack`'s
+class PostgresHost:
+    """The directories, user and binaries of a :class:`~devstack.stack.Stack`'s
     private Postgres."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.config = layout.config
+        self._is_root = os.geteuid() == 0
+        self._pg_bin_cache: Path | None = None
 
     @property
     def pg_dir(self) -> Path:
         """``root/pg``; or, as root when the postgres user cannot enter the directories above
         ``root`` (a checkout under a 0700 home or temp dir), a directory of its own under
         ``/var/tmp/cachegw-devstack`` that ``root/pg`` links to."""
-        local = self.root / "pg"
+        local = self.layout.root / "pg"
         if local.is_symlink():
             return Path(os.readlink(local))
-        if not self._is_root or self._postgres_can_reach(self.root):
+        if not self._is_root or self._postgres_can_reach(self.layout.root):
             return local
-        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(str(self.layout.root).encode()).hexdigest()[:16]
         return _PG_FALLBACK_BASE / digest / "pg"
 
     def _postgres_can_reach(self, path: Path) -> bool:
@@ -51,7 +57,7 @@ class PostgresHost(StackBase):
     def pg_data(self) -> Path:
         return self.pg_dir / "data"
 
-    def _pg_bin(self) -> Path:
+    def pg_bin(self) -> Path:
         if self._pg_bin_cache is None:
             found = self.config.pg_bin or _find_pg_bin()
             if found is None:
@@ -62,25 +68,25 @@ class PostgresHost(StackBase):
             self._pg_bin_cache = found
         return self._pg_bin_cache
 
-    def _as_pg_user(self, cmd: Sequence[str]) -> list[str]:
+    def as_pg_user(self, cmd: Sequence[str]) -> list[str]:
         """Run as the postgres user when we are root (Postgres refuses to run as root)."""
         if self._is_root:
             return ["runuser", "-u", "postgres", "--", *cmd]
         return list(cmd)
 
-    def _pg_env(self) -> dict[str, str]:
+    def pg_env(self) -> dict[str, str]:
         env = clean_env("PG")
         env.setdefault("LC_ALL", "C")
         return env
 
-    def _prepare_pg_dirs(self) -> None:
+    def prepare_dirs(self) -> None:
         """Create root/pg; as root, hand it to the postgres user and make the path reachable."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.layout.root.mkdir(parents=True, exist_ok=True)
         pg_dir = self.pg_dir
-        if pg_dir != self.root / "pg":
+        if pg_dir != self.layout.root / "pg":
             pg_dir.parent.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             pg_dir.parent.mkdir(mode=0o755, exist_ok=True)
-            local = self.root / "pg"
+            local = self.layout.root / "pg"
             if local.is_dir() and not local.is_symlink() and not any(local.iterdir()):
                 local.rmdir()  # left by an attempt that found the path unreachable
             if not local.is_symlink():
@@ -94,17 +100,19 @@ class PostgresHost(StackBase):
         groups = set(os.getgrouplist("postgres", gid))
         # The given root is the stack's to open up; its ancestors are not: report them.
         for parent in reversed(
-            pg_dir.parent.parents if pg_dir != self.root / "pg" else self.root.parents
+            pg_dir.parent.parents if pg_dir != self.layout.root / "pg" else self.layout.root.parents
         ):
             st = parent.stat()
             if not _can_traverse(st, uid, groups):
                 raise StackError(
-                    f"the postgres user cannot reach {self.root}: {parent} has mode "
+                    f"the postgres user cannot reach {self.layout.root}: {parent} has mode "
                     f"{st.st_mode & 0o7777:04o}; choose a --dir under a directory others may "
                     f"enter, or allow it (chmod o+x {parent})"
                 )
         for directory in (
-            (pg_dir.parent, pg_dir) if pg_dir != self.root / "pg" else (self.root, pg_dir)
+            (pg_dir.parent, pg_dir)
+            if pg_dir != self.layout.root / "pg"
+            else (self.layout.root, pg_dir)
         ):
             st = directory.stat()
             if st.st_mode & 0o755 != 0o755:
@@ -119,7 +127,7 @@ class PostgresHost(StackBase):
         try:
             pwd.getpwnam("postgres")
         except KeyError:
-            with self._step("postgres: created system user postgres"):
+            with self.layout.step("postgres: created system user postgres"):
                 proc = run(["useradd", "-r", "-M", "-s", "/usr/sbin/nologin", "postgres"])
                 if proc.returncode != 0:
                     raise StackError(f"useradd postgres failed:\n{output_tail(proc)}") from None

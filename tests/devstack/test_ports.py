@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from app.devstack import BUS_PORT_OFFSET, find_free_base_port, find_free_port
-from app.devstack.ports import ephemeral_range, port_bindable
+from devstack import BUS_PORT_OFFSET, find_free_base_port, find_free_port
+from devstack.ports import ephemeral_range, port_bindable
 
 
 def test_ports_stay_below_the_ephemeral_range() -> None:

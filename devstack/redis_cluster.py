@@ -7,45 +7,61 @@ import math
 import shutil
 import time
 
-from app.devstack.cluster_view import NodeView, info_int, node_view, parse_cluster_nodes, parse_info
-from app.devstack.config import CLUSTER_SLOTS, HOST, NODE_COUNT, PRIMARY_COUNT
-from app.devstack.errors import StackError
-from app.devstack.processes import clean_env, find_binary, output_tail, run
-from app.devstack.redis_nodes import RedisNodes
-from app.devstack.resp import RedisReplyError, redis_text
+from devstack.cluster_view import (
+    NODE_ERRORS,
+    NodeView,
+    cluster_nodes_text,
+    info_int,
+    node_client,
+    node_view,
+    parse_cluster_nodes,
+    replication,
+)
+from devstack.config import CLUSTER_SLOTS, HOST, NODE_COUNT, PRIMARY_COUNT
+from devstack.errors import StackError
+from devstack.layout import Layout
+from devstack.processes import clean_env, find_binary, output_tail, run
+from devstack.redis_nodes import RedisNodes
 
 _CLUSTER_POLL_INTERVAL_S = 0.1
 _CLUSTER_CREATE_TIMEOUT_S = 60.0
 _BAD_NODE_FLAGS = frozenset({"fail", "fail?", "handshake", "noaddr"})
 
 
-class RedisCluster(RedisNodes):
-    """The six nodes of a :class:`~app.devstack.stack.Stack` as one Redis Cluster."""
+class RedisCluster:
+    """The six nodes of a :class:`~devstack.stack.Stack` as one Redis Cluster."""
 
-    def _up_redis(self) -> None:
-        ports = self.redis_ports
-        with self._step("redis: nodes up"):
-            started = self._start_nodes(ports)
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.config = layout.config
+        self.nodes = RedisNodes(layout)
+
+    def up(self) -> None:
+        ports = self.layout.redis_ports
+        with self.layout.step("redis: nodes up"):
+            started = self.nodes.start_nodes(ports)
         if started:
-            self._say(f"redis: started node(s) {started}")
+            self.layout.say(f"redis: started node(s) {started}")
         if len(started) < len(ports):
-            self._say(f"redis: {len(ports) - len(started)} node(s) were already running")
+            self.layout.say(f"redis: {len(ports) - len(started)} node(s) were already running")
         verdict, reason = self._assess_cluster()
         if verdict == "formed":
             try:
-                with self._step("redis: cluster ok"):
+                with self.layout.step("redis: cluster ok"):
                     self.wait_cluster_ok(timeout_s=self._convergence_timeout_s())
             except StackError as exc:
-                self._say(f"redis: {exc}; recreating the cluster (its data is discarded)")
+                self.layout.say(f"redis: {exc}; recreating the cluster (its data is discarded)")
             else:
                 return
             self._recreate_cluster()
         elif verdict == "fresh":
             self._create_cluster()
         else:
-            self._say(f"redis: cluster is half-formed ({reason}); recreating it (data discarded)")
+            self.layout.say(
+                f"redis: cluster is half-formed ({reason}); recreating it (data discarded)"
+            )
             self._recreate_cluster()
-        with self._step("redis: cluster ok"):
+        with self.layout.step("redis: cluster ok"):
             self.wait_cluster_ok(timeout_s=self._convergence_timeout_s())
 
     def _convergence_timeout_s(self) -> float:
@@ -53,12 +69,12 @@ class RedisCluster(RedisNodes):
 
     def _assess_cluster(self) -> tuple[str, str]:
         """("fresh"|"formed"|"broken", reason) for our running nodes."""
-        ports = self.redis_ports
+        ports = self.layout.redis_ports
         views: dict[int, NodeView] = {}
         for port in ports:
             try:
                 views[port] = node_view(port)
-            except (OSError, RedisReplyError) as exc:
+            except NODE_ERRORS as exc:
                 return "broken", f"node {port} does not answer CLUSTER INFO: {exc}"
         if all(
             info_int(v.info, "cluster_known_nodes") == 1
@@ -82,14 +98,17 @@ class RedisCluster(RedisNodes):
             redis_cli,
             "--cluster",
             "create",
-            *(f"{HOST}:{p}" for p in self.redis_ports),
+            *(f"{HOST}:{p}" for p in self.layout.redis_ports),
             "--cluster-replicas",
             "1",
             "--cluster-yes",
         ]
-        with self._step("redis: cluster created (redis-cli --cluster create)"):
+        with self.layout.step("redis: cluster created (redis-cli --cluster create)"):
             proc = run(
-                cmd, timeout_s=_CLUSTER_CREATE_TIMEOUT_S, env=clean_env("REDISCLI_"), cwd=self.root
+                cmd,
+                timeout_s=_CLUSTER_CREATE_TIMEOUT_S,
+                env=clean_env("REDISCLI_"),
+                cwd=self.layout.root,
             )
             if proc.returncode != 0 or "[ERR]" in proc.stdout:
                 raise StackError(
@@ -98,11 +117,11 @@ class RedisCluster(RedisNodes):
                 )
 
     def _recreate_cluster(self) -> None:
-        ports = self.redis_ports
-        with self._step("redis: nodes stopped and wiped"):
-            self._stop_nodes(ports)
+        ports = self.layout.redis_ports
+        with self.layout.step("redis: nodes stopped and wiped"):
+            self.nodes.stop_nodes(ports)
             for port in ports:
-                directory = self.node_dir(port)
+                directory = self.layout.node_dir(port)
                 for name in ("nodes.conf", "dump.rdb", "appendonly.aof", "redis.pid"):
                     with contextlib.suppress(FileNotFoundError):
                         (directory / name).unlink()
@@ -110,8 +129,8 @@ class RedisCluster(RedisNodes):
                 for leftover in directory.glob("temp-*.rdb"):
                     with contextlib.suppress(FileNotFoundError):
                         leftover.unlink()
-        with self._step("redis: fresh nodes running"):
-            self._start_nodes(ports)
+        with self.layout.step("redis: fresh nodes running"):
+            self.nodes.start_nodes(ports)
         verdict, reason = self._assess_cluster()
         if verdict != "fresh":
             raise StackError(f"redis nodes are not fresh after a wipe: {reason}")
@@ -122,12 +141,13 @@ class RedisCluster(RedisNodes):
         port, role ('primary'/'replica'), primary_id, slots [(start, end)], flags, link_state.
         """
         errors: list[str] = []
-        for port in self.redis_ports:
-            if self.node_pid(port) is None:
+        for port in self.layout.redis_ports:
+            if self.nodes.node_pid(port) is None:
                 continue
             try:
-                text = redis_text(port, "CLUSTER", "NODES")
-            except (OSError, RedisReplyError) as exc:
+                with node_client(port) as client:
+                    text = cluster_nodes_text(client)
+            except NODE_ERRORS as exc:
                 errors.append(f"{port}: {exc}")
                 continue
             return [n.as_dict() for n in parse_cluster_nodes(text)]
@@ -142,7 +162,7 @@ class RedisCluster(RedisNodes):
         deadline = time.monotonic() + timeout_s
         problem: str | None = "not checked"
         for _ in range(math.ceil(timeout_s / _CLUSTER_POLL_INTERVAL_S) + 1):
-            problem = self._cluster_problem()
+            problem = self.problem()
             if problem is None:
                 return
             if time.monotonic() >= deadline:
@@ -150,9 +170,9 @@ class RedisCluster(RedisNodes):
             time.sleep(_CLUSTER_POLL_INTERVAL_S)
         raise StackError(f"the Redis Cluster is not ok after {timeout_s:.1f} s: {problem}")
 
-    def _cluster_problem(self) -> str | None:
+    def problem(self) -> str | None:
         """None when the cluster is healthy, else a short description of the first problem."""
-        live = [p for p in self.redis_ports if self.node_pid(p) is not None]
+        live = [p for p in self.layout.redis_ports if self.nodes.node_pid(p) is not None]
         if not live:
             return "no Redis node of the stack is running"
         live_set = set(live)
@@ -160,7 +180,7 @@ class RedisCluster(RedisNodes):
         for port in live:
             try:
                 views[port] = node_view(port)
-            except (OSError, RedisReplyError) as exc:
+            except NODE_ERRORS as exc:
                 return f"node {port} does not answer: {exc or type(exc).__name__}"
         reference: list[tuple[int, tuple[tuple[int, int], ...]]] | None = None
         for port, view in views.items():
@@ -199,8 +219,9 @@ class RedisCluster(RedisNodes):
             linked = False
             for replica in replicas:
                 try:
-                    repl = parse_info(redis_text(replica.port, "INFO", "replication"))
-                except (OSError, RedisReplyError) as exc:
+                    with node_client(replica.port) as client:
+                        repl = replication(client)
+                except NODE_ERRORS as exc:
                     return f"replica {replica.port} does not answer INFO: {exc}"
                 if repl.get("master_link_status") == "up" and repl.get("master_port") == str(
                     owner.port

@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from app.devstack.config import HOST
-from app.devstack.errors import StackError
-from app.devstack.ports import port_bindable
-from app.devstack.postgres_host import PostgresHost
-from app.devstack.processes import (
+from devstack.config import HOST
+from devstack.errors import StackError
+from devstack.layout import Layout
+from devstack.ports import port_bindable
+from devstack.postgres_host import PostgresHost
+from devstack.processes import (
     PROCESS_EXIT_TIMEOUT_S,
     SIGKILL_AFTER_S,
     output_tail,
@@ -43,8 +44,21 @@ _EXTERNAL_PG_WAIT_S = 15.0
 _MAX_UNIX_SOCKET_PATH = 100  # sockaddr_un.sun_path is 108 bytes including the NUL
 
 
-class Postgres(PostgresHost):
-    """The private (or external) Postgres of a :class:`~app.devstack.stack.Stack`."""
+class Postgres:
+    """The private (or external) Postgres of a :class:`~devstack.stack.Stack`."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.config = layout.config
+        self.host = PostgresHost(layout)
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.host.pg_dir
+
+    @property
+    def pg_data(self) -> Path:
+        return self.host.pg_data
 
     def _is_our_postmaster(self, pid: int) -> bool:
         if not pid_alive(pid):
@@ -54,7 +68,7 @@ class Postgres(PostgresHost):
             return False
         return str(self.pg_data) in cmdline or proc_cwd(pid) == self.pg_data
 
-    def _postmaster_pid(self) -> int | None:
+    def postmaster_pid(self) -> int | None:
         pid = read_pid(self.pg_data / "postmaster.pid")
         if pid is None or not self._is_our_postmaster(pid):
             return None
@@ -67,23 +81,23 @@ class Postgres(PostgresHost):
             return None
         return int(lines[3]) if len(lines) > 3 and lines[3].strip().isdigit() else None
 
-    def _pg_ready(self) -> bool:
+    def ready(self) -> bool:
         """The external DSN accepts connections, or our own postmaster does on our port
         (another server that happens to listen there does not count)."""
         if self.config.external_pg_dsn is not None:
             return self._pg_isready(["-d", self.config.external_pg_dsn])
-        if self._postmaster_pid() is None:
+        if self.postmaster_pid() is None:
             return False
         return self._pg_isready(["-h", HOST, "-p", str(self.config.pg_port)])
 
     def _pg_isready(self, target: list[str]) -> bool:
         try:
-            pg_isready = self._pg_bin() / "pg_isready"
+            pg_isready = self.host.pg_bin() / "pg_isready"
         except StackError:
             return self._tcp_connectable(target)
         try:
             proc = run(
-                [str(pg_isready), *target, "-t", "2", "-q"], timeout_s=10, env=self._pg_env()
+                [str(pg_isready), *target, "-t", "2", "-q"], timeout_s=10, env=self.host.pg_env()
             )
         except StackError:
             return False
@@ -108,16 +122,18 @@ class Postgres(PostgresHost):
     def _wait_pg_ready(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         for _ in range(math.ceil(timeout_s / 0.2) + 1):
-            if self._pg_ready():
+            if self.ready():
                 return True
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.2)
         return False
 
-    def _up_postgres(self) -> None:
+    def up(self) -> None:
         if self.config.external_pg_dsn is not None:
-            with self._step(f"postgres: external {mask_dsn(self.config.external_pg_dsn)} ready"):
+            with self.layout.step(
+                f"postgres: external {mask_dsn(self.config.external_pg_dsn)} ready"
+            ):
                 if not self._wait_pg_ready(_EXTERNAL_PG_WAIT_S):
                     raise StackError(
                         "the external Postgres (CACHEGW_PG__DSN "
@@ -125,7 +141,7 @@ class Postgres(PostgresHost):
                         f"after {_EXTERNAL_PG_WAIT_S:.0f} s"
                     )
             return
-        self.start_postgres()
+        self.start()
 
     def _initdb(self) -> None:
         if (self.pg_data / "PG_VERSION").is_file():
@@ -133,11 +149,11 @@ class Postgres(PostgresHost):
         if self.pg_data.exists():
             # An interrupted initdb: the directory is the stack's own, start it over.
             shutil.rmtree(self.pg_data)
-        with self._step(f"postgres: initdb {self.pg_data}"):
+        with self.layout.step(f"postgres: initdb {self.pg_data}"):
             proc = run(
-                self._as_pg_user(
+                self.host.as_pg_user(
                     [
-                        str(self._pg_bin() / "initdb"),
+                        str(self.host.pg_bin() / "initdb"),
                         "-D",
                         str(self.pg_data),
                         "-U",
@@ -150,23 +166,25 @@ class Postgres(PostgresHost):
                     ]
                 ),
                 cwd=self.pg_dir,
-                env=self._pg_env(),
+                env=self.host.pg_env(),
             )
             if proc.returncode != 0:
                 raise StackError(f"initdb failed (exit {proc.returncode}):\n{output_tail(proc)}")
 
-    def start_postgres(self) -> None:
+    def start(self) -> None:
         """Start the private Postgres (initdb once) and create the database when missing.
         A postmaster of this data dir that already serves our port is left alone."""
         if self.config.external_pg_dsn is not None:
             raise StackError("this stack uses an external Postgres (external_pg_dsn): not started")
-        pid = self._postmaster_pid()
+        pid = self.postmaster_pid()
         if pid is not None and self._postmaster_port() != self.config.pg_port:
-            self._say(f"postgres runs on port {self._postmaster_port()}: restarting on the new one")
-            self.stop_postgres()
+            self.layout.say(
+                f"postgres runs on port {self._postmaster_port()}: restarting on the new one"
+            )
+            self.stop()
             pid = None
         if pid is not None:
-            with self._step(f"postgres: running (pid {pid})"):
+            with self.layout.step(f"postgres: running (pid {pid})"):
                 if not self._wait_pg_ready(_PG_READY_TIMEOUT_S):
                     raise StackError(
                         f"postgres (pid {pid}) does not accept connections on port "
@@ -174,7 +192,7 @@ class Postgres(PostgresHost):
                         f"{tail(self.pg_dir / 'pg.log')}"
                     )
         else:
-            self._prepare_pg_dirs()
+            self.host.prepare_dirs()
             self._initdb()
             if not port_bindable(self.config.pg_port):
                 raise StackError(
@@ -210,11 +228,11 @@ class Postgres(PostgresHost):
             # by the tests that need it, never by the gateway).
             options += " -c shared_preload_libraries=pg_stat_statements"
         log = self.pg_dir / "pg.log"
-        with self._step(f"postgres: started on {HOST}:{self.config.pg_port}"):
+        with self.layout.step(f"postgres: started on {HOST}:{self.config.pg_port}"):
             proc = run(
-                self._as_pg_user(
+                self.host.as_pg_user(
                     [
-                        str(self._pg_bin() / "pg_ctl"),
+                        str(self.host.pg_bin() / "pg_ctl"),
                         "-D",
                         str(self.pg_data),
                         "-l",
@@ -229,7 +247,7 @@ class Postgres(PostgresHost):
                 ),
                 timeout_s=_PG_START_TIMEOUT_S + 15,
                 cwd=self.pg_dir,
-                env=self._pg_env(),
+                env=self.host.pg_env(),
             )
             if proc.returncode != 0:
                 raise StackError(
@@ -243,7 +261,7 @@ class Postgres(PostgresHost):
 
     def _has_library(self, name: str) -> bool:
         """Whether this Postgres build ships the loadable module ``name``."""
-        pg_config = self._pg_bin() / "pg_config"
+        pg_config = self.host.pg_bin() / "pg_config"
         if not pg_config.is_file():
             return True  # no pg_config to ask: assume a full installation
         proc = run([str(pg_config), "--pkglibdir"], timeout_s=10)
@@ -254,7 +272,7 @@ class Postgres(PostgresHost):
     def _psql(self, sql: str) -> subprocess.CompletedProcess[str]:
         return run(
             [
-                str(self._pg_bin() / "psql"),
+                str(self.host.pg_bin() / "psql"),
                 "-X",
                 "-q",
                 "-A",
@@ -273,14 +291,14 @@ class Postgres(PostgresHost):
                 sql,
             ],
             timeout_s=30,
-            env=self._pg_env(),
+            env=self.host.pg_env(),
         )
 
     def _ensure_database(self) -> None:
         name = self.config.pg_database
         literal = "'" + name.replace("'", "''") + "'"
         ident = '"' + name.replace('"', '""') + '"'
-        with self._step(f"postgres: database {name} present"):
+        with self.layout.step(f"postgres: database {name} present"):
             for _ in range(3):  # a concurrent creator may win the race: check again
                 proc = self._psql(f"SELECT 1 FROM pg_database WHERE datname = {literal}")
                 if proc.returncode != 0:
@@ -289,27 +307,27 @@ class Postgres(PostgresHost):
                     return
                 proc = self._psql(f"CREATE DATABASE {ident}")
                 if proc.returncode == 0:
-                    self._say(f"postgres: created database {name}")
+                    self.layout.say(f"postgres: created database {name}")
                     return
                 if "already exists" not in proc.stderr:
                     raise StackError(f"CREATE DATABASE {name} failed:\n{output_tail(proc)}")
             raise StackError(f"database {name} could not be created")
 
-    def stop_postgres(self) -> None:
+    def stop(self) -> None:
         """Stop the private Postgres (``pg_ctl stop -m fast``, SIGKILL after a bounded wait)."""
         if self.config.external_pg_dsn is not None and not self.pg_data.exists():
             return
-        pid = self._postmaster_pid()
+        pid = self.postmaster_pid()
         if pid is None:
             with contextlib.suppress(FileNotFoundError):
                 if (self.pg_data / "postmaster.pid").exists():
                     (self.pg_data / "postmaster.pid").unlink()  # stale: not a live postmaster
             return
-        with self._step(f"postgres: stopped (pid {pid})"):
+        with self.layout.step(f"postgres: stopped (pid {pid})"):
             proc = run(
-                self._as_pg_user(
+                self.host.as_pg_user(
                     [
-                        str(self._pg_bin() / "pg_ctl"),
+                        str(self.host.pg_bin() / "pg_ctl"),
                         "-D",
                         str(self.pg_data),
                         "-m",
@@ -322,11 +340,11 @@ class Postgres(PostgresHost):
                 ),
                 timeout_s=_PG_STOP_TIMEOUT_S + 15,
                 cwd=self.pg_dir,
-                env=self._pg_env(),
+                env=self.host.pg_env(),
             )
             left = wait_gone([pid], SIGKILL_AFTER_S)
             if left:
-                self._say(
+                self.layout.say(
                     f"postgres (pid {pid}) still runs after pg_ctl stop "
                     f"(exit {proc.returncode}): SIGKILL"
                 )

@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from app.devstack.base import StackBase
-from app.devstack.config import BUS_PORT_OFFSET, HOST
-from app.devstack.errors import StackError
-from app.devstack.ports import port_bindable
-from app.devstack.processes import (
+from devstack.cluster_view import NODE_ERRORS, node_client, ping
+from devstack.config import BUS_PORT_OFFSET, HOST
+from devstack.errors import StackError
+from devstack.layout import Layout
+from devstack.ports import port_bindable
+from devstack.processes import (
     POLL_INTERVAL_S,
     PROCESS_EXIT_TIMEOUT_S,
     SIGKILL_AFTER_S,
@@ -35,19 +36,22 @@ from app.devstack.processes import (
     tail,
     wait_gone,
 )
-from app.devstack.resp import ping, redis_text
 
 _NODE_START_TIMEOUT_S = 10.0
 
 
-class RedisNodes(StackBase):
-    """The six redis-server processes of a :class:`~app.devstack.stack.Stack`."""
+class RedisNodes:
+    """The six redis-server processes of a :class:`~devstack.stack.Stack`."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.config = layout.config
 
     def _redis_conf(self, port: int) -> str:
-        directory = self.node_dir(port)
+        directory = self.layout.node_dir(port)
         return "\n".join(
             [
-                "# Written by app.devstack; rewritten on every start.",
+                "# Written by devstack; rewritten on every start.",
                 f"port {port}",
                 f"bind {HOST}",
                 "protected-mode yes",
@@ -70,7 +74,7 @@ class RedisNodes(StackBase):
         )
 
     def _write_node_conf(self, port: int) -> Path:
-        directory = self.node_dir(port)
+        directory = self.layout.node_dir(port)
         directory.mkdir(parents=True, exist_ok=True)
         conf = directory / "redis.conf"
         text = self._redis_conf(port)
@@ -88,7 +92,7 @@ class RedisNodes(StackBase):
             pid_alive(pid)
             and "redis-server" in cmdline
             and re.search(rf":{port}(?!\d)", cmdline) is not None
-            and proc_cwd(pid) == self.node_dir(port)
+            and proc_cwd(pid) == self.layout.node_dir(port)
         )
 
     def _node_checker(self, port: int) -> Callable[[int], bool]:
@@ -99,7 +103,7 @@ class RedisNodes(StackBase):
 
     def node_pid(self, port: int) -> int | None:
         """The PID of this stack's node on ``port`` when it runs (validated), else None."""
-        pid = read_pid(self.node_dir(port) / "redis.pid")
+        pid = read_pid(self.layout.node_dir(port) / "redis.pid")
         if pid is None or not self._is_our_node(pid, port):
             return None
         return pid
@@ -115,28 +119,28 @@ class RedisNodes(StackBase):
     def kill_node(self, port: int) -> None:
         """SIGKILL the node on ``port`` (when it runs) and its forks (a child sending a sync or
         writing a snapshot holds the listening port too), and wait until they are gone."""
-        self._check_port(port)
+        self.check_port(port)
         pid = self._signal_node(port, signal.SIGKILL)
         if pid is None:
             return
-        directory = self.node_dir(port)
+        directory = self.layout.node_dir(port)
         forks = [p for p in processes_in(directory, "redis") if p != pid]
         for fork in forks:  # left to init when their parent died: found by their directory
             signal_checked(fork, signal.SIGKILL, lambda p: proc_cwd(p) == directory)
         if wait_gone([pid, *forks], PROCESS_EXIT_TIMEOUT_S):
             raise StackError(f"redis node {port} (pid {pid}) is still alive after SIGKILL")
         with contextlib.suppress(FileNotFoundError):
-            (self.node_dir(port) / "redis.pid").unlink()
+            (self.layout.node_dir(port) / "redis.pid").unlink()
 
     def pause_node(self, port: int) -> None:
         """SIGSTOP the node on ``port``: it stays alive but answers nothing."""
-        self._check_port(port)
+        self.check_port(port)
         if self._signal_node(port, signal.SIGSTOP) is None:
             raise StackError(f"redis node {port} is not running")
 
     def resume_node(self, port: int) -> None:
         """SIGCONT the node on ``port`` (after :meth:`pause_node`)."""
-        self._check_port(port)
+        self.check_port(port)
         if self._signal_node(port, signal.SIGCONT) is None:
             raise StackError(f"redis node {port} is not running")
 
@@ -144,30 +148,37 @@ class RedisNodes(StackBase):
         """Make the node write its data to ``dump.rdb`` now (``SAVE``); a node started again
         loads it, so a later :meth:`kill_node` and :meth:`start_node` bring the node back with
         the data of this moment, as ``save`` persistence does after a crash."""
-        self._check_port(port)
-        if redis_text(port, "SAVE", timeout_s=30) != "OK":
+        self.check_port(port)
+        try:
+            with node_client(port, timeout_s=30) as client:
+                saved = bool(client.save())
+        except NODE_ERRORS as exc:
+            raise StackError(f"redis node {port}: SAVE failed: {exc}") from exc
+        if not saved:
             raise StackError(f"redis node {port}: SAVE failed")
-        return self.node_dir(port) / "dump.rdb"
+        return self.layout.node_dir(port) / "dump.rdb"
 
     def forget_snapshot(self, port: int) -> None:
         """Delete the node's ``dump.rdb`` (a replica writes one at every full sync): the node
         starts empty the next time."""
-        self._check_port(port)
+        self.check_port(port)
         with contextlib.suppress(FileNotFoundError):
-            (self.node_dir(port) / "dump.rdb").unlink()
+            (self.layout.node_dir(port) / "dump.rdb").unlink()
 
     def start_node(self, port: int) -> None:
         """Start the node on ``port`` from its config and nodes.conf (a node that belonged to
         the cluster rejoins it) and wait until it answers PING. A running node is left alone
         (resumed if paused)."""
-        self._check_port(port)
-        self._start_nodes([port])
+        self.check_port(port)
+        self.start_nodes([port])
 
-    def _check_port(self, port: int) -> None:
-        if port not in self.redis_ports:
-            raise StackError(f"{port} is not one of this stack's Redis ports {self.redis_ports}")
+    def check_port(self, port: int) -> None:
+        if port not in self.layout.redis_ports:
+            raise StackError(
+                f"{port} is not one of this stack's Redis ports {self.layout.redis_ports}"
+            )
 
-    def _start_nodes(self, ports: Sequence[int]) -> list[int]:
+    def start_nodes(self, ports: Sequence[int]) -> list[int]:
         """Start the given nodes that are not running; resume paused ones; wait for PING.
         Returns the ports that were actually started."""
         redis_server = find_binary("redis-server")
@@ -178,7 +189,7 @@ class RedisNodes(StackBase):
             if pid is not None:
                 if proc_state(pid) in {"T", "t"}:
                     signal_checked(pid, signal.SIGCONT, self._node_checker(port))
-                    self._say(f"redis {HOST}:{port} was paused: resumed (pid {pid})")
+                    self.layout.say(f"redis {HOST}:{port} was paused: resumed (pid {pid})")
                 continue
             for busy in (port, port + BUS_PORT_OFFSET):
                 if not _bindable_soon(busy):
@@ -188,12 +199,12 @@ class RedisNodes(StackBase):
                         "--redis-base-port"
                     )
             with contextlib.suppress(FileNotFoundError):
-                (self.node_dir(port) / "redis.pid").unlink()
-            proc = run([redis_server, str(conf)], timeout_s=30, cwd=self.node_dir(port))
+                (self.layout.node_dir(port) / "redis.pid").unlink()
+            proc = run([redis_server, str(conf)], timeout_s=30, cwd=self.layout.node_dir(port))
             if proc.returncode != 0:
                 raise StackError(
                     f"redis-server for port {port} failed (exit {proc.returncode}):\n"
-                    f"{output_tail(proc)}\n{tail(self.node_dir(port) / 'redis.log')}"
+                    f"{output_tail(proc)}\n{tail(self.layout.node_dir(port) / 'redis.log')}"
                 )
             started.append(port)
         for port in ports:
@@ -208,19 +219,20 @@ class RedisNodes(StackBase):
             if time.monotonic() >= deadline:
                 break
             time.sleep(POLL_INTERVAL_S)
+        log = self.layout.node_dir(port) / "redis.log"
         raise StackError(
             f"redis node {port} did not answer PING within {_NODE_START_TIMEOUT_S:.0f} s; "
-            f"log {self.node_dir(port) / 'redis.log'}:\n{tail(self.node_dir(port) / 'redis.log')}"
+            f"log {log}:\n{tail(log)}"
         )
 
-    def _node_dirs_on_disk(self) -> list[int]:
+    def node_dirs_on_disk(self) -> list[int]:
         """Ports of every node dir under root/redis (also from an earlier base port)."""
-        base = self.root / "redis"
+        base = self.layout.root / "redis"
         if not base.is_dir():
             return []
         return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit())
 
-    def _stop_nodes(self, ports: Sequence[int]) -> None:
+    def stop_nodes(self, ports: Sequence[int]) -> None:
         """SIGTERM our running nodes on ``ports``, wait (bounded), SIGKILL leftovers."""
         pids: dict[int, int] = {}
         for port in ports:
@@ -234,22 +246,22 @@ class RedisNodes(StackBase):
         left = wait_gone(list(pids.values()), SIGKILL_AFTER_S)
         for port, pid in pids.items():
             if pid in left:
-                self._say(f"redis {HOST}:{port} (pid {pid}) ignored SIGTERM: SIGKILL")
+                self.layout.say(f"redis {HOST}:{port} (pid {pid}) ignored SIGTERM: SIGKILL")
                 signal_checked(pid, signal.SIGKILL, self._node_checker(port))
         still = wait_gone(left, PROCESS_EXIT_TIMEOUT_S)
         if still:
             raise StackError(f"redis processes {still} did not exit after SIGKILL")
         for port in ports:
             with contextlib.suppress(FileNotFoundError):
-                (self.node_dir(port) / "redis.pid").unlink()
+                (self.layout.node_dir(port) / "redis.pid").unlink()
 
-    def _stop_all_nodes(self) -> None:
-        ports = sorted(set(self.redis_ports) | set(self._node_dirs_on_disk()))
+    def stop_all_nodes(self) -> None:
+        ports = sorted(set(self.layout.redis_ports) | set(self.node_dirs_on_disk()))
         running = [p for p in ports if self.node_pid(p) is not None]
-        with self._step(
+        with self.layout.step(
             f"redis: stopped {len(running)} node(s)" + (f" {running}" if running else "")
         ):
-            self._stop_nodes(ports)
+            self.stop_nodes(ports)
 
 
 def _bindable_soon(port: int, *, timeout_s: float = 5.0) -> bool:

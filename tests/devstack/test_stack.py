@@ -1,4 +1,4 @@
-"""The local stack (app.devstack) against real redis-server and Postgres processes.
+"""The local stack (devstack) against real redis-server and Postgres processes.
 
 One stack is brought up for the module (random free ports, a pytest tmp dir) and purged at the
 end; the tests run in file order and each leaves the stack healthy (the last one takes it down
@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from app.devstack import (
+from devstack import (
     BUS_PORT_OFFSET,
     CLUSTER_SLOTS,
     Stack,

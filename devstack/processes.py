@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from app.devstack.errors import StackError
+from devstack.errors import StackError
 
 POLL_INTERVAL_S = 0.05
 PROCESS_EXIT_TIMEOUT_S = 10.0

@@ -1,19 +1,68 @@
-"""What a node reports: INFO text and CLUSTER NODES lines, parsed."""
+"""Talking to one of the stack's nodes (redis-py's client) and what it reports, parsed."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from app.devstack.resp import redis_text
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from devstack.config import HOST
+
+CALL_TIMEOUT_S = 1.0
+NODE_ERRORS = (RedisError, OSError)
+"""What a call to a node raises when the node is down, paused, or answers with an error."""
 
 
-def parse_info(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and not line.startswith("#"):
-            out[key.strip()] = value.strip()
-    return out
+def _text(response: str, **options: object) -> str:
+    return response
+
+
+@contextlib.contextmanager
+def node_client(port: int, *, timeout_s: float = CALL_TIMEOUT_S) -> Iterator[redis.Redis]:
+    """redis-py's client for the node on 127.0.0.1:port, closed afterwards.
+
+    It never retries (a paused node must cost one timeout, not four), and CLUSTER NODES comes
+    back as the node's text, for :func:`parse_cluster_nodes`. The stack's nodes need no password.
+    """
+    client = redis.Redis(
+        host=HOST,
+        port=port,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 0),
+    )
+    client.set_response_callback("CLUSTER NODES", _text)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def ping(port: int, *, timeout_s: float = CALL_TIMEOUT_S) -> bool:
+    try:
+        with node_client(port, timeout_s=timeout_s) as client:
+            return bool(client.ping())
+    except NODE_ERRORS:
+        return False
+
+
+def replication(client: redis.Redis) -> dict[str, str]:
+    """INFO replication as text values (redis-py turns numbers into ints)."""
+    return {name: str(value) for name, value in client.info("replication").items()}
+
+
+def cluster_info(client: redis.Redis) -> dict[str, str]:
+    return {name: str(value) for name, value in client.cluster("INFO").items()}
+
+
+def cluster_nodes_text(client: redis.Redis) -> str:
+    return str(client.cluster("NODES"))
 
 
 @dataclass(frozen=True)
@@ -86,8 +135,9 @@ class NodeView:
 
 
 def node_view(port: int) -> NodeView:
-    info = parse_info(redis_text(port, "CLUSTER", "INFO"))
-    nodes = parse_cluster_nodes(redis_text(port, "CLUSTER", "NODES"))
+    with node_client(port) as client:
+        info = cluster_info(client)
+        nodes = parse_cluster_nodes(cluster_nodes_text(client))
     return NodeView(info=info, nodes=nodes)
 
 

@@ -1,4 +1,4 @@
-"""Cluster surgery for tests: who owns a slot, and moving a slot by hand."""
+"""Cluster surgery for tests and benchmarks: who owns a slot, and moving a slot by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import asyncio
 import subprocess
 
 from app.cluster.slots import key_slot
-from app.devstack import Stack
+from app.codec import redis_key
+from devstack import Stack
 
 
 def redis_cli(port: int, *args: str) -> str:
@@ -38,7 +39,7 @@ def key_in_node(stack: Stack, node: dict[str, object], prefix: str) -> str:
     """A key (as the gateway names it) whose Redis key lands in ``node``'s slots."""
     for i in range(100_000):
         key = f"{prefix}-{i}"
-        if owner_of(stack, key_slot(f"cg:default:{key}".encode()))["id"] == node["id"]:
+        if owner_of(stack, key_slot(redis_key("cg", "default", key)))["id"] == node["id"]:
             return key
     raise LookupError("no key found")
 

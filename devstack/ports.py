@@ -13,8 +13,8 @@ import contextlib
 import random
 import socket
 
-from app.devstack.config import BUS_PORT_OFFSET, HOST
-from app.devstack.errors import StackError
+from devstack.config import BUS_PORT_OFFSET, HOST
+from devstack.errors import StackError
 
 _PORT_SEARCH_ATTEMPTS = 200
 _LOWEST = 10000
