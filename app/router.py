@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from app import telemetry, tracing
-from app.codec import Entry, Tombstone, redis_key
+from app.codec import Entry, Tombstone, now_ms, redis_key
 from app.degraded import DegradedMode
 from app.errors import (
     CoalescingOverflowError,
@@ -51,7 +51,7 @@ from app.errors import (
 from app.feed import VersionMap
 from app.settings import Settings
 from app.singleflight import SingleFlight
-from app.store import RemoveResult, Store, WriteResult, now_ms
+from app.store import RemoveResult, Store, WriteResult
 from app.tiers.base import CacheTier, Copy, KeyRef, PrimaryLike
 from app.tiers.local import LocalTier
 

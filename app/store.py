@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import ssl as ssl_module
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,7 +27,7 @@ from sqlalchemy.dialects import postgresql
 
 from app import telemetry, tracing
 from app.breaker import Breaker
-from app.codec import Entry
+from app.codec import Entry, now_ms
 from app.errors import StoreConflictError, StoreUnavailableError, WriteOutcomeUnknownError
 from app.settings import PostgresSettings
 
@@ -226,10 +225,6 @@ async def _no_reset(_conn: Any) -> None:
     """asyncpg's reset on release is a round trip (``RESET ALL``, ``UNLISTEN *``, ...) that the
     gateway does not need: its pool connections keep no session state (listening is done on a
     connection of its own). asyncpg still rolls back a transaction left open."""
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,10 +24,10 @@ from app.api.http import (
 )
 from app.auth import Principal
 from app.cluster.slots import format_address
+from app.codec import now_ms
 from app.errors import InvalidPreconditionError, InvalidTtlError
 from app.gateway import Gateway
 from app.router import ReadPolicy
-from app.store import now_ms
 
 Scope = MutableMapping[str, Any]
 Headers = list[tuple[bytes, bytes]]

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from app.codec import Entry, Tombstone
+from app.codec import Entry, Tombstone, now_ms
 from app.errors import (
     KeyNotFoundError,
     NodeBusyError,
@@ -22,7 +22,6 @@ from app.errors import (
 from app.feed import FeedState, VersionMap
 from app.router import FallbackRouter, ReadPolicy
 from app.settings import LocalSettings, Settings
-from app.store import now_ms
 from app.tiers.base import Copy
 from app.tiers.local import LocalTier
 from tests.unit.fakes import FakeClock, FakeOutbox, FakeStore, FakeTier, entry
