@@ -51,7 +51,7 @@ from app.errors import (
 from app.feed import VersionMap
 from app.settings import Settings
 from app.singleflight import SingleFlight
-from app.store import RemoveResult, Store, WriteResult
+from app.source import PutResult, RemoveResult, Source
 from app.tiers.base import CacheTier, Copy, KeyRef, PrimaryLike
 from app.tiers.local import LocalTier
 
@@ -131,7 +131,7 @@ class FallbackRouter:
         *,
         settings: Settings,
         primary: PrimaryLike,
-        store: Store,
+        store: Source,
         outbox: OutboxSink,
         versions: VersionMap,
         replica: CacheTier | None = None,
@@ -569,7 +569,7 @@ class FallbackRouter:
         if_match: list[int] | None = None,
         if_exists: bool = False,
         if_none_match: bool = False,
-    ) -> WriteResult:
+    ) -> PutResult:
         """Make the value durable, then update the caches (repaired later if that fails)."""
         deadline = asyncio.get_running_loop().time() + self.write_deadline_s
         if tracing.recording():

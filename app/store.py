@@ -32,6 +32,7 @@ from app.errors import (
     WriteOutcomeUnknownError,
 )
 from app.settings import PostgresSettings
+from app.source import PutResult, RemoveResult
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -191,25 +192,6 @@ async def _no_reset(_conn: object) -> None:
     """asyncpg's reset on release is a round trip (``RESET ALL``, ``UNLISTEN *``, ...) that the
     gateway does not need: its pool connections keep no session state (listening is done on a
     connection of its own). asyncpg still rolls back a transaction left open."""
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    version: int
-    seq: int
-    created: bool
-    expires_at_ms: int | None
-    outbox_id: int
-    stored_at_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class RemoveResult:
-    """A delete or invalidate: the version it removed or re-sequenced, and the new seq."""
-
-    version: int
-    seq: int
-    outbox_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,7 +482,7 @@ class Store:
         if_exists: bool,
         if_none_match: bool,
         deadline: float,
-    ) -> WriteResult:
+    ) -> PutResult:
         """Write a value; ``StoreConflictError`` when a precondition does not hold."""
         row = await self._fetchone(
             "put", SQL_PUT,
@@ -510,7 +492,7 @@ class Store:
         outcome, version, created, expires_at_ms, outbox_id = row
         if outcome != "ok":
             raise StoreConflictError("precondition failed", current_version=version)
-        return WriteResult(
+        return PutResult(
             version=version,
             seq=version,
             created=created,
