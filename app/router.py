@@ -31,6 +31,9 @@ from typing import NamedTuple
 from prometheus_client import Counter
 
 from app import telemetry, tracing
+from app.breaker import BreakerBoard
+from app.cluster.slot_router import SlotRouter
+from app.cluster.topology import TopologyWatcher
 from app.codec import Entry, Tombstone, now_ms, redis_key
 from app.degraded import DegradedMode
 from app.errors import (
@@ -46,6 +49,7 @@ from app.errors import (
     TierTimeoutError,
     TierUnavailableError,
 )
+from app.explain import Explanation, explain
 from app.feed import VersionMap
 from app.loader import Loaded, StoreLoader
 from app.settings import Settings
@@ -129,7 +133,10 @@ class ReadStats:
 
 
 class FallbackRouter:
-    """The read walk over the tiers, composed with the store loader and the write path."""
+    """The read walk over the tiers, composed with the store loader and the write path.
+
+    ``slots``, ``watcher`` and ``breakers`` are read only by ``explain``.
+    """
 
     def __init__(
         self,
@@ -143,6 +150,9 @@ class FallbackRouter:
         local: LocalTier | None = None,
         degraded: DegradedMode | None = None,
         rng: random.Random | None = None,
+        slots: SlotRouter | None = None,
+        watcher: TopologyWatcher | None = None,
+        breakers: BreakerBoard | None = None,
     ) -> None:
         self.settings = settings
         self.primary = primary
@@ -150,6 +160,9 @@ class FallbackRouter:
         self.local = local
         self.store = store
         self.versions = versions
+        self.slots = slots
+        self.watcher = watcher
+        self.breakers = breakers
         self.primary_timeout_s = settings.redis.primary_timeout_ms / 1000
         self.replica_timeout_s = settings.redis.replica_timeout_ms / 1000
         self.retries = settings.read_retries
@@ -201,6 +214,15 @@ class FallbackRouter:
 
     def ref(self, namespace: str, key: str) -> KeyRef:
         return KeyRef(namespace, key, redis_key(self._prefix, namespace, key))
+
+    def explain(self, ref: KeyRef) -> Explanation:
+        """How a read of ``ref`` would be routed now; nothing is read."""
+        return explain(
+            ref, slots=self.slots, watcher=self.watcher, breakers=self.breakers,
+            local=self.local, load_in_flight=self.loads.in_flight((ref.namespace, ref.key)),
+            versions=self.versions, degraded=self.degraded,
+            deadline_ms=self.settings.read_deadline_ms,
+        )  # fmt: skip
 
     # -- reads -------------------------------------------------------------------------------
 
