@@ -10,8 +10,8 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
+from app.schema import metadata
 from app.settings import Settings
-from app.store import metadata
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

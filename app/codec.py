@@ -13,6 +13,7 @@ a large value is never copied into Lua.
 
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
 from app.cluster.slots import key_slot, tag_for_slot
@@ -48,6 +49,12 @@ return 0
 POLL_FILL = b"""
 return {redis.call('GET', KEYS[1]), redis.call('EXISTS', KEYS[2])}
 """
+
+
+def now_ms() -> int:
+    """The wall clock in milliseconds: the clock of ``Entry``'s ``stored_at_ms`` and
+    ``expires_at_ms``, shared by every process (a monotonic clock is not)."""
+    return time.time_ns() // 1_000_000
 
 
 class Entry(NamedTuple):

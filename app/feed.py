@@ -35,9 +35,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app import tasks
+from app.codec import now_ms
 from app.errors import StoreError
 from app.settings import FeedSettings
-from app.store import Listener, OutboxRow, Position, Store, now_ms
+from app.store import Listener, OutboxRow, Position, Store
 from app.telemetry import FEED_LAG, FEED_UP
 
 log = logging.getLogger(__name__)

@@ -82,6 +82,9 @@ class Gateway:
             outbox=outbox,
             versions=versions,
             degraded=degraded,
+            slots=slots,
+            watcher=watcher,
+            breakers=breakers,
         )
         return cls(
             settings=settings, slots=slots, watcher=watcher, store=store, local=local,

@@ -5,8 +5,7 @@ Writes go through SQL functions created by the migrations (``cachegw_put``, ``ca
 changes the entry and records an outbox row, so one round trip makes a write durable together with
 the promise to update the caches. asyncpg and its errors are used only in this module.
 
-The SQLAlchemy tables below are what alembic compares the migrations against; nothing on the
-request path uses SQLAlchemy.
+The tables are described for alembic in ``app/schema.py``; nothing here imports SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -15,98 +14,30 @@ import asyncio
 import contextlib
 import logging
 import ssl as ssl_module
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 
 from app import telemetry, tracing
 from app.breaker import Breaker
-from app.codec import Entry
-from app.errors import StoreConflictError, StoreUnavailableError, WriteOutcomeUnknownError
+from app.codec import Entry, now_ms
+from app.errors import (
+    StoreConflictError,
+    StoreError,
+    StoreUnavailableError,
+    WriteOutcomeUnknownError,
+)
 from app.settings import PostgresSettings
+from app.source import PutResult, RemoveResult
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
 
 log = logging.getLogger(__name__)
-
-metadata = sa.MetaData()
-
-
-class Xid8(sa.types.UserDefinedType[int]):
-    """Postgres's 64-bit transaction id (``xid8``), for the models alembic compares."""
-
-    cache_ok = True
-
-    def get_col_spec(self, **kw: Any) -> str:
-        return "XID8"
-
-
-entries = sa.Table(
-    "entries",
-    metadata,
-    sa.Column("namespace", sa.Text, primary_key=True),
-    sa.Column("key", sa.Text, primary_key=True),
-    sa.Column("value", sa.LargeBinary, nullable=False),
-    sa.Column("content_type", sa.Text, nullable=False),
-    sa.Column("version", sa.BigInteger, nullable=False),
-    sa.Column("cache_seq", sa.BigInteger, nullable=False),
-    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column(
-        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
-    sa.Index(
-        "entries_expires_at_idx", "expires_at", postgresql_where=sa.text("expires_at IS NOT NULL")
-    ),
-)
-
-cache_outbox = sa.Table(
-    "cache_outbox",
-    metadata,
-    sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
-    sa.Column("namespace", sa.Text, nullable=False),
-    sa.Column("key", sa.Text, nullable=False),
-    sa.Column("seq", sa.BigInteger, nullable=False),
-    sa.Column(
-        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
-    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
-    sa.Column(
-        "next_attempt_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
-    sa.Column("last_error", sa.Text, nullable=True),
-    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("xid", Xid8(), nullable=True, server_default=sa.text("pg_current_xact_id()")),
-    sa.Index("cache_outbox_next_attempt_idx", "next_attempt_at"),
-    sa.Index("cache_outbox_xid_idx", "xid"),
-    sa.Index("cache_outbox_created_at_idx", "created_at"),
-    sa.Index(
-        "cache_outbox_pending_idx", "created_at", postgresql_where=sa.text("applied_at IS NULL")
-    ),
-)
-
-version_sequence = sa.Sequence("entry_version_seq", metadata=metadata)
-
-api_keys = sa.Table(
-    "api_keys",
-    metadata,
-    sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
-    sa.Column("prefix", sa.Text, nullable=False, unique=True),
-    sa.Column("secret_hash", sa.LargeBinary, nullable=False),
-    sa.Column("namespace", sa.Text, nullable=False),
-    sa.Column("scopes", postgresql.ARRAY(sa.Text), nullable=False),
-    sa.Column("rate_per_s", sa.Float, nullable=True),
-    sa.Column("burst", sa.Integer, nullable=True),
-    sa.Column("description", sa.Text, nullable=True),
-    sa.Column(
-        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
-    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
-)
 
 _LIVE = "(expires_at IS NULL OR expires_at > now())"
 _EXPIRES_MS = "(extract(epoch FROM expires_at) * 1000)::bigint"
@@ -207,48 +138,60 @@ DELETE FROM entries e
 """
 
 
-# What asyncpg raises when Postgres cannot be reached or refuses (InternalClientError is not an
-# InterfaceError, and leaks from a connection in a bad state).
-DRIVER_ERRORS: tuple[type[Exception], ...] = (
-    asyncpg.PostgresError,
+# What asyncpg raises when the connection fails (InternalClientError is not an InterfaceError, and
+# leaks from a connection in a bad state): a statement sent on it may have run, or not.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
     OSError,
 )
-DRIVER_ERRORS_OR_TIMEOUT: tuple[type[Exception], ...] = (TimeoutError, *DRIVER_ERRORS)
+_NO_REPLY: tuple[type[Exception], ...] = (TimeoutError, *CONNECTION_ERRORS)
 # The longest a statement (or a lock wait, or an idle transaction) may take on a pool connection.
 STATEMENT_TIMEOUT_MS = 5000
 # The operations whose outcome is unknown when their reply does not come.
 WRITES = frozenset({"put", "delete", "invalidate"})
+# Which breaker a request-path statement goes under; None: none (background work, probes).
+Route = Literal["read", "write"] | None
 
 
-async def _no_reset(_conn: Any) -> None:
+T = TypeVar("T")
+Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+
+
+@contextlib.contextmanager
+def map_asyncpg_errors(
+    operation: str, *, sent: bool = False, deadline_means: str = "timed out"
+) -> Iterator[None]:
+    """asyncpg's exceptions, and the deadline's ``TimeoutError``, raised inside as
+    ``StoreUnavailableError`` (``from`` the original); anything else passes through unchanged:
+    a bug of ours is not an outage of the store.
+
+    ``sent``: a write's statement is on its way. Its reply not coming (the deadline, a broken
+    connection) means it may have committed: ``WriteOutcomeUnknownError``, never "nothing
+    changed". A statement Postgres refused was rolled back, sent or not.
+    """
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        raise StoreUnavailableError(f"{operation}: {type(exc).__name__}") from exc
+    except _NO_REPLY as exc:
+        what = deadline_means if isinstance(exc, TimeoutError) else type(exc).__name__
+        if sent:
+            raise WriteOutcomeUnknownError(
+                f"{operation} sent, no reply ({what}): it may have committed"
+            ) from exc
+        raise StoreUnavailableError(f"{operation}: {what}") from exc
+
+
+def _outcome(error: StoreError) -> Literal["timeout", "error"]:
+    """The ``cachegw_store_queries_total`` outcome of a mapped error."""
+    return "timeout" if isinstance(error.__cause__, TimeoutError) else "error"
+
+
+async def _no_reset(_conn: object) -> None:
     """asyncpg's reset on release is a round trip (``RESET ALL``, ``UNLISTEN *``, ...) that the
     gateway does not need: its pool connections keep no session state (listening is done on a
     connection of its own). asyncpg still rolls back a transaction left open."""
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    version: int
-    seq: int
-    created: bool
-    expires_at_ms: int | None
-    outbox_id: int
-    stored_at_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class RemoveResult:
-    """A delete or invalidate: the version it removed or re-sequenced, and the new seq."""
-
-    version: int
-    seq: int
-    outbox_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,26 +246,27 @@ class Store:
         (connections then come on demand): a store that is down does not stop start-up."""
         for min_size in dict.fromkeys((self.settings.pool_min_size, 0)):
             try:
-                self._pool = await asyncpg.create_pool(
-                    self.settings.dsn.get_secret_value(),
-                    ssl=self.ssl(),
-                    min_size=min_size,
-                    max_size=self.settings.pool_max_size,
-                    timeout=self.settings.connect_timeout_s,
-                    command_timeout=None,
-                    reset=_no_reset,
-                    # No statement (a write is one) outlives its client's interest for long:
-                    # the recovery's replay margin counts on it.
-                    server_settings={
-                        "statement_timeout": str(STATEMENT_TIMEOUT_MS),
-                        "lock_timeout": str(STATEMENT_TIMEOUT_MS),
-                        "idle_in_transaction_session_timeout": str(STATEMENT_TIMEOUT_MS),
-                    },
-                )
+                with map_asyncpg_errors("store: pool"):
+                    self._pool = await asyncpg.create_pool(
+                        self.settings.dsn.get_secret_value(),
+                        ssl=self.ssl(),
+                        min_size=min_size,
+                        max_size=self.settings.pool_max_size,
+                        timeout=self.settings.connect_timeout_s,
+                        command_timeout=None,
+                        reset=_no_reset,
+                        # No statement (a write is one) outlives its client's interest for long:
+                        # the recovery's replay margin counts on it.
+                        server_settings={
+                            "statement_timeout": str(STATEMENT_TIMEOUT_MS),
+                            "lock_timeout": str(STATEMENT_TIMEOUT_MS),
+                            "idle_in_transaction_session_timeout": str(STATEMENT_TIMEOUT_MS),
+                        },
+                    )
                 break
-            except DRIVER_ERRORS_OR_TIMEOUT as exc:
+            except StoreUnavailableError:
                 if min_size == 0:
-                    raise StoreUnavailableError(f"store: pool: {type(exc).__name__}") from exc
+                    raise
         with contextlib.suppress(StoreUnavailableError):
             await self.ping(
                 deadline=asyncio.get_running_loop().time() + self.settings.connect_timeout_s
@@ -347,16 +291,48 @@ class Store:
             except TimeoutError:
                 pool.terminate()
 
+    # -- the one runner: each typed helper is one statement under ``_run`` ---------------------
+
+    async def _fetchrow(
+        self, operation: str, sql: str, *args: object, deadline: float, route: Route = None
+    ) -> asyncpg.Record | None:
+        return await self._run(
+            operation, lambda conn: conn.fetchrow(sql, *args), deadline=deadline, route=route
+        )
+
+    async def _fetchone(
+        self, operation: str, sql: str, *args: object, deadline: float, route: Route = None
+    ) -> asyncpg.Record:
+        """A statement that always returns one row (a function call, an aggregate)."""
+        row = await self._fetchrow(operation, sql, *args, deadline=deadline, route=route)
+        if row is None:
+            raise StoreUnavailableError(f"store: {operation}: no row")
+        return row
+
+    async def _fetch(
+        self, operation: str, sql: str, *args: object, deadline: float
+    ) -> list[asyncpg.Record]:
+        return await self._run(operation, lambda conn: conn.fetch(sql, *args), deadline=deadline)
+
+    async def _fetchval(self, operation: str, sql: str, *args: object, deadline: float) -> object:
+        value: object = await self._run(
+            operation, lambda conn: conn.fetchval(sql, *args), deadline=deadline
+        )
+        return value
+
+    async def _execute(self, operation: str, sql: str, *args: object, deadline: float) -> str:
+        """The statement's status (``UPDATE 3``)."""
+        return await self._run(operation, lambda conn: conn.execute(sql, *args), deadline=deadline)
+
     async def _run(
         self,
         operation: str,
-        method: str,
-        sql: str,
-        *args: Any,
+        statement: Callable[[Connection], Awaitable[T]],
+        *,
         deadline: float,
-        route: Literal["read", "write"] | None = None,
-    ) -> Any:
-        """One query; a read or a write of the request path goes under its route's breaker."""
+        route: Route = None,
+    ) -> T:
+        """One statement; a read or a write of the request path goes under its route's breaker."""
         breaker = (
             None if route is None else self.read_breaker if route == "read" else self.write_breaker
         )
@@ -366,13 +342,17 @@ class Store:
                 "server.address": self._address[0], "server.port": self._address[1],
             }  # fmt: skip
             with tracing.tier_span(f"postgresql {operation}", attributes):
-                return await self._query(breaker, operation, method, sql, *args, deadline=deadline)
-        return await self._query(breaker, operation, method, sql, *args, deadline=deadline)
+                return await self._query(breaker, operation, statement, deadline=deadline)
+        return await self._query(breaker, operation, statement, deadline=deadline)
 
     async def _query(
-        self, breaker: Breaker | None, operation: str, method: str, sql: str, *args: Any,
+        self,
+        breaker: Breaker | None,
+        operation: str,
+        statement: Callable[[Connection], Awaitable[T]],
+        *,
         deadline: float,
-    ) -> Any:  # fmt: skip
+    ) -> T:
         """Acquire a connection and run one statement, each by ``deadline``; the connection
         goes back to the pool after that, outside the deadline (with no reset query, a local
         step): what follows a commit never fails the write that committed.
@@ -388,49 +368,37 @@ class Store:
             raise StoreUnavailableError("store: breaker open")
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout_at(deadline):
-                conn = await pool.acquire()
-        except asyncio.CancelledError:
+            with map_asyncpg_errors(f"store: {operation}", deadline_means="no connection in time"):
+                async with asyncio.timeout_at(deadline):
+                    conn = await pool.acquire()
+        except StoreError as error:
+            outcome = _outcome(error)
+            telemetry.STORE_QUERIES.labels(operation=operation, outcome=outcome).inc()
+            if breaker is not None and outcome == "timeout":
+                breaker.release()  # every connection busy, or a slow connect: nothing was sent
+            elif breaker is not None:
+                breaker.record(ok=False, duration_s=0.0)
+            raise
+        except BaseException:  # cancelled, or not the store's failure
             if breaker is not None:
                 breaker.release()
             raise
-        except TimeoutError as exc:
-            telemetry.STORE_QUERIES.labels(operation=operation, outcome="timeout").inc()
-            if breaker is not None:
-                breaker.release()  # every connection busy, or a slow connect: nothing was sent
-            raise StoreUnavailableError(f"store: {operation}: no connection in time") from exc
-        except DRIVER_ERRORS as exc:
-            telemetry.STORE_QUERIES.labels(operation=operation, outcome="error").inc()
-            if breaker is not None:
-                breaker.record(ok=False, duration_s=0.0)
-            raise StoreUnavailableError(f"store: {operation}: {type(exc).__name__}") from exc
         started = loop.time()
         try:
-            async with asyncio.timeout_at(deadline):
-                result = await getattr(conn, method)(sql, *args)
-        except asyncio.CancelledError:
+            with map_asyncpg_errors(f"store: {operation}", sent=operation in WRITES):
+                async with asyncio.timeout_at(deadline):
+                    result = await statement(conn)
+        except StoreError as error:
+            self._release_later(pool, conn)
+            telemetry.STORE_QUERIES.labels(operation=operation, outcome=_outcome(error)).inc()
+            if breaker is not None:
+                breaker.record(ok=False, duration_s=loop.time() - started)
+            raise
+        except BaseException:  # cancelled, or not the store's failure: its state is not known
             self._release_later(pool, conn)
             if breaker is not None:
                 breaker.release()
             raise
-        except (TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as exc:
-            self._release_later(pool, conn)
-            outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
-            telemetry.STORE_QUERIES.labels(operation=operation, outcome=outcome).inc()
-            if breaker is not None:
-                breaker.record(ok=False, duration_s=loop.time() - started)
-            what = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
-            if operation in WRITES:
-                raise WriteOutcomeUnknownError(
-                    f"store: {operation} sent, no reply ({what}): it may have committed"
-                ) from exc
-            raise StoreUnavailableError(f"store: {operation}: {what}") from exc
-        except asyncpg.PostgresError as exc:  # the server refused it: rolled back
-            self._release_later(pool, conn)
-            telemetry.STORE_QUERIES.labels(operation=operation, outcome="error").inc()
-            if breaker is not None:
-                breaker.record(ok=False, duration_s=loop.time() - started)
-            raise StoreUnavailableError(f"store: {operation}: {type(exc).__name__}") from exc
         try:
             await pool.release(conn)  # local (no reset query): the answer does not wait on it
         except Exception as exc:  # asyncpg has closed it; the statement's result stands
@@ -440,7 +408,7 @@ class Store:
         telemetry.STORE_QUERIES.labels(operation=operation, outcome="ok").inc()
         return result
 
-    def _release_later(self, pool: asyncpg.Pool[asyncpg.Record], conn: Any) -> None:
+    def _release_later(self, pool: asyncpg.Pool[asyncpg.Record], conn: Connection) -> None:
         """Give back a connection after a failure: closed first (its state is unknown: a query
         being cancelled, a broken socket), so it is never handed out again half-used; the pool
         opens a new one when needed. The caller does not wait for it."""
@@ -455,7 +423,7 @@ class Store:
         task.add_done_callback(self._releases.discard)
 
     async def ping(self, *, deadline: float) -> None:
-        await self._run("ping", "fetchval", "SELECT 1", deadline=deadline)
+        await self._fetchval("ping", "SELECT 1", deadline=deadline)
 
     async def probe(self) -> None:
         """The store breaker's active probe (not itself subject to the breaker)."""
@@ -473,16 +441,12 @@ class Store:
     ) -> Listener:
         """Open a connection that LISTENs on ``channel``; ``on_lost`` runs if it terminates."""
         dsn = self.settings.dsn.get_secret_value()
-        try:
+        with map_asyncpg_errors("listen"):
             async with asyncio.timeout_at(deadline):
                 conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(
                     dsn, ssl=self.ssl()
                 )
                 await conn.add_listener(channel, lambda _c, _pid, _ch, payload: on_message(payload))
-        except asyncio.CancelledError:
-            raise
-        except DRIVER_ERRORS_OR_TIMEOUT as exc:
-            raise StoreUnavailableError(f"listen: {type(exc).__name__}") from exc
         conn.add_termination_listener(lambda _c: on_lost())
         return Listener(conn)
 
@@ -491,8 +455,8 @@ class Store:
     ) -> Entry | None:
         """The key's live entry. ``background`` (repairs): not under the read route's breaker,
         which is the request path's."""
-        row = await self._run(
-            "get", "fetchrow", SQL_GET, namespace, key, deadline=deadline,
+        row = await self._fetchrow(
+            "get", SQL_GET, namespace, key, deadline=deadline,
             route=None if background else "read",
         )  # fmt: skip
         if row is None:
@@ -518,17 +482,17 @@ class Store:
         if_exists: bool,
         if_none_match: bool,
         deadline: float,
-    ) -> WriteResult:
+    ) -> PutResult:
         """Write a value; ``StoreConflictError`` when a precondition does not hold."""
-        row = await self._run(
-            "put", "fetchrow", SQL_PUT,
+        row = await self._fetchone(
+            "put", SQL_PUT,
             namespace, key, value, content_type, ttl_ms, if_match, if_exists, if_none_match,
             deadline=deadline, route="write",
         )  # fmt: skip
         outcome, version, created, expires_at_ms, outbox_id = row
         if outcome != "ok":
             raise StoreConflictError("precondition failed", current_version=version)
-        return WriteResult(
+        return PutResult(
             version=version,
             seq=version,
             created=created,
@@ -541,16 +505,16 @@ class Store:
         self, namespace: str, key: str, *, if_match: list[int] | None, deadline: float
     ) -> RemoveResult | None:
         """Delete a live entry; ``None`` when absent, ``StoreConflictError`` if If-Match fails."""
-        row = await self._run(
-            "delete", "fetchrow", SQL_DELETE, namespace, key, if_match,
+        row = await self._fetchone(
+            "delete", SQL_DELETE, namespace, key, if_match,
             deadline=deadline, route="write",
         )  # fmt: skip
         return _removed(row)
 
     async def invalidate(self, namespace: str, key: str, *, deadline: float) -> RemoveResult | None:
         """Give a live entry a new cache seq, so every cached copy becomes too old to serve."""
-        row = await self._run(
-            "invalidate", "fetchrow", SQL_INVALIDATE, namespace, key,
+        row = await self._fetchone(
+            "invalidate", SQL_INVALIDATE, namespace, key,
             deadline=deadline, route="write",
         )  # fmt: skip
         return _removed(row)
@@ -558,9 +522,8 @@ class Store:
     async def outbox_claim(
         self, *, limit: int, grace_s: float, max_backoff_s: float, deadline: float
     ) -> list[OutboxRow]:
-        rows = await self._run(
+        rows = await self._fetch(
             "outbox_claim",
-            "fetch",
             SQL_OUTBOX_CLAIM,
             limit,
             grace_s,
@@ -571,12 +534,12 @@ class Store:
 
     async def outbox_done(self, ids: list[int], *, deadline: float) -> None:
         if ids:
-            await self._run("outbox_done", "execute", SQL_OUTBOX_DONE, ids, deadline=deadline)
+            await self._execute("outbox_done", SQL_OUTBOX_DONE, ids, deadline=deadline)
 
     async def outbox_prune(self, *, retain_s: float, limit: int, deadline: float) -> int:
         """Forget applied rows older than ``retain_s``; how many were deleted."""
-        status: str = await self._run(
-            "outbox_prune", "execute", SQL_OUTBOX_PRUNE, retain_s, limit, deadline=deadline
+        status = await self._execute(
+            "outbox_prune", SQL_OUTBOX_PRUNE, retain_s, limit, deadline=deadline
         )
         return int(status.rsplit(" ", 1)[-1])
 
@@ -584,8 +547,8 @@ class Store:
         self, *, within_s: float, limit: int, deadline: float
     ) -> list[OutboxRow]:
         """The newest row per key among rows written in the last ``within_s`` (applied or not)."""
-        rows = await self._run(
-            "outbox_recent", "fetch", SQL_OUTBOX_RECENT, within_s, limit, deadline=deadline
+        rows = await self._fetch(
+            "outbox_recent", SQL_OUTBOX_RECENT, within_s, limit, deadline=deadline
         )
         return [OutboxRow(id=r[0], namespace=r[1], key=r[2], seq=r[3]) for r in rows]
 
@@ -593,21 +556,19 @@ class Store:
         self, since: Position, *, limit: int, deadline: float
     ) -> list[OutboxRow]:
         """The newest row per key among the rows of transactions ``since`` does not see."""
-        rows = await self._run(
-            "outbox_missed", "fetch", SQL_OUTBOX_MISSED, since.snapshot, limit, deadline=deadline
+        rows = await self._fetch(
+            "outbox_missed", SQL_OUTBOX_MISSED, since.snapshot, limit, deadline=deadline
         )
         return [OutboxRow(id=r[0], namespace=r[1], key=r[2], seq=r[3]) for r in rows]
 
     async def mark_times(self, *, deadline: float) -> tuple[float, float]:
         """The store's time now and the oldest pending row's creation (seconds since epoch)."""
-        row = await self._run("mark_times", "fetchrow", SQL_MARK_TIMES, deadline=deadline)
+        row = await self._fetchone("mark_times", SQL_MARK_TIMES, deadline=deadline)
         return float(row[0]), float(row[1])
 
     async def outbox_since(self, at: float, *, limit: int, deadline: float) -> list[OutboxRow]:
         """The newest row per key among the rows created at or after ``at`` (store time)."""
-        rows = await self._run(
-            "outbox_since", "fetch", SQL_OUTBOX_SINCE, at, limit, deadline=deadline
-        )
+        rows = await self._fetch("outbox_since", SQL_OUTBOX_SINCE, at, limit, deadline=deadline)
         return [OutboxRow(id=r[0], namespace=r[1], key=r[2], seq=r[3]) for r in rows]
 
     async def outbox_pending(
@@ -629,44 +590,37 @@ class Store:
         if pool is None:
             raise StoreUnavailableError("store not started")
         count = 0
-        with self._translated("outbox_pending"):
-            async with asyncio.timeout_at(deadline):
-                conn = await pool.acquire()
-            try:
-                async with asyncio.timeout_at(deadline), conn.transaction():
-                    cursor = await conn.cursor(SQL_OUTBOX_PENDING, limit)
-                    while True:
-                        rows = await cursor.fetch(chunk)
-                        count += len(rows)
-                        on_rows([(r[0], r[1], r[2]) for r in rows])
-                        if len(rows) < chunk:
-                            break
-            except BaseException:
-                self._release_later(pool, conn)  # closed first: its state is not known
-                raise
-            await pool.release(conn)
+        try:
+            with map_asyncpg_errors("store: outbox_pending"):
+                async with asyncio.timeout_at(deadline):
+                    conn = await pool.acquire()
+                try:
+                    async with asyncio.timeout_at(deadline), conn.transaction():
+                        cursor = await conn.cursor(SQL_OUTBOX_PENDING, limit)
+                        while True:
+                            rows = await cursor.fetch(chunk)
+                            count += len(rows)
+                            on_rows([(r[0], r[1], r[2]) for r in rows])
+                            if len(rows) < chunk:
+                                break
+                except BaseException:
+                    self._release_later(pool, conn)  # closed first: its state is not known
+                    raise
+                await pool.release(conn)
+        except StoreError as error:
+            outcome = _outcome(error)
+            telemetry.STORE_QUERIES.labels(operation="outbox_pending", outcome=outcome).inc()
+            raise
         telemetry.STORE_QUERIES.labels(operation="outbox_pending", outcome="ok").inc()
         return count
 
-    @contextlib.contextmanager
-    def _translated(self, operation: str) -> Iterator[None]:
-        """asyncpg's errors and the deadline as ``StoreUnavailableError``, counted."""
-        try:
-            yield
-        except TimeoutError as exc:
-            telemetry.STORE_QUERIES.labels(operation=operation, outcome="timeout").inc()
-            raise StoreUnavailableError(f"store: {operation} timed out") from exc
-        except DRIVER_ERRORS as exc:
-            telemetry.STORE_QUERIES.labels(operation=operation, outcome="error").inc()
-            raise StoreUnavailableError(f"store: {operation}: {type(exc).__name__}") from exc
-
     async def outbox_stats(self, *, deadline: float) -> tuple[int, float]:
         """Rows not applied yet, and the age in seconds of the oldest of them."""
-        row = await self._run("outbox_stats", "fetchrow", SQL_OUTBOX_STATS, deadline=deadline)
+        row = await self._fetchone("outbox_stats", SQL_OUTBOX_STATS, deadline=deadline)
         return int(row[0]), float(row[1])
 
     async def api_keys(self, *, deadline: float) -> list[ApiKeyRow]:
-        rows = await self._run("api_keys", "fetch", SQL_API_KEYS, deadline=deadline)
+        rows = await self._fetch("api_keys", SQL_API_KEYS, deadline=deadline)
         return [
             ApiKeyRow(r[0], bytes(r[1]), r[2], tuple(r[3]), r[4], r[5], r[6], r[7], r[8])
             for r in rows
@@ -674,9 +628,7 @@ class Store:
 
     async def api_key(self, prefix: str, *, deadline: float) -> ApiKeyRow | None:
         """One API key by its prefix (one this process's table does not have yet)."""
-        r = await self._run(
-            "api_key_lookup", "fetchrow", SQL_API_KEY_BY_PREFIX, prefix, deadline=deadline
-        )
+        r = await self._fetchrow("api_key_lookup", SQL_API_KEY_BY_PREFIX, prefix, deadline=deadline)
         if r is None:
             return None
         return ApiKeyRow(r[0], bytes(r[1]), r[2], tuple(r[3]), r[4], r[5], r[6], r[7], r[8])
@@ -693,16 +645,15 @@ class Store:
         description: str | None,
         deadline: float,
     ) -> None:
-        await self._run(
-            "api_key_create", "execute", SQL_API_KEY_CREATE,
+        await self._execute(
+            "api_key_create", SQL_API_KEY_CREATE,
             prefix, secret_hash, namespace, scopes, rate_per_s, burst, description,
             deadline=deadline,
         )  # fmt: skip
 
     async def revoke_api_key(self, prefix: str, *, deadline: float) -> bool:
-        status: str = await self._run(
+        status = await self._execute(
             "api_key_revoke",
-            "execute",
             SQL_API_KEY_REVOKE,
             prefix,
             deadline=deadline,
@@ -711,14 +662,12 @@ class Store:
 
     async def outbox_failed(self, ids: list[int], error: str, *, deadline: float) -> None:
         if ids:
-            await self._run(
-                "outbox_failed", "execute", SQL_OUTBOX_FAILED, ids, error[:500], deadline=deadline
+            await self._execute(
+                "outbox_failed", SQL_OUTBOX_FAILED, ids, error[:500], deadline=deadline
             )
 
     async def purge_expired(self, *, limit: int, deadline: float) -> int:
-        status: str = await self._run(
-            "purge", "execute", SQL_PURGE_EXPIRED, limit, deadline=deadline
-        )
+        status = await self._execute("purge", SQL_PURGE_EXPIRED, limit, deadline=deadline)
         return int(status.rsplit(" ", 1)[-1])
 
 
@@ -739,25 +688,22 @@ class Listener:
         Every transaction the answer's snapshot sees committed before it, so its announcement
         is on this connection ahead of the answer to the next round trip.
         """
-        try:
+        with map_asyncpg_errors("listener"):
             async with asyncio.timeout_at(deadline):
                 row = await self._conn.fetchrow(SQL_POSITION)
-        except asyncio.CancelledError:
-            raise
-        except DRIVER_ERRORS_OR_TIMEOUT as exc:
-            raise StoreUnavailableError(f"listener: {type(exc).__name__}") from exc
         if row is None:
             raise StoreUnavailableError("listener: no answer to the position query")
         return Position(snapshot=row[0], at=row[1])
 
     async def aclose(self) -> None:
         try:
-            await asyncio.wait_for(self._conn.close(), timeout=2)
-        except DRIVER_ERRORS_OR_TIMEOUT:
+            with map_asyncpg_errors("listener: close"):
+                await asyncio.wait_for(self._conn.close(), timeout=2)
+        except StoreUnavailableError:
             self._conn.terminate()
 
 
-def _removed(row: Any) -> RemoveResult | None:
+def _removed(row: asyncpg.Record) -> RemoveResult | None:
     outcome, version, seq, outbox_id = row
     if outcome == "not_found":
         return None

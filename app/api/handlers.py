@@ -25,11 +25,10 @@ from app.api.http import (
     read_policy,
 )
 from app.auth import Principal
-from app.cluster.slots import format_address
+from app.codec import now_ms
 from app.errors import InvalidPreconditionError, InvalidTtlError
 from app.gateway import Gateway
 from app.router import ReadPolicy
-from app.store import now_ms
 
 Headers = list[tuple[bytes, bytes]]
 Answer = tuple[int, Headers, bytes]
@@ -183,38 +182,23 @@ def explain(gateway: Gateway, scope: Scope) -> Answer:
     """
     key, _, _ = _read_request(gateway, scope)
     router = gateway.router
-    ref = router.ref(_namespace(gateway, scope), key)
-    slot, shard = gateway.slots.shard_for(ref.rkey)
-    breakers = {b.route: b.state.name.lower() for b in gateway.breakers.breakers()}
-    order: list[str] = []
-    routes: dict[str, str] = {}
-    if shard is not None:
-        primary = f"primary@{format_address(shard.primary)}"
-        routes[primary] = breakers.get(primary, "closed")
-        if routes[primary] == "closed" and not gateway.watcher.partitioned(shard.primary):
-            order.append(primary)
-        for address in gateway.watcher.rank_replicas(shard.replicas):
-            route = f"replica@{format_address(address)}"
-            routes[route] = breakers.get(route, "closed")
-            if routes[route] == "closed":
-                order.append(route)
-    order += ["local", "store" if breakers.get("store", "closed") == "closed" else "store (open)"]
-    local = gateway.local.lookup(ref)
+    found = router.explain(router.ref(_namespace(gateway, scope), key))
+    local = found.local_copy
     document = {
         "key": key,
-        "namespace": ref.namespace,
-        "redis_key_slot": slot,
-        "owner": None if shard is None else format_address(shard.primary),
-        "replicas": [] if shard is None else [format_address(r) for r in shard.replicas],
-        "breakers": routes | {"store": breakers.get("store", "closed")},
-        "tier_order": order,
-        "load_in_flight": router.loads.in_flight((ref.namespace, ref.key)),
-        "newest_announced_seq": router.versions.newest(ref.namespace, ref.key),
+        "namespace": found.namespace,
+        "redis_key_slot": found.slot,
+        "owner": found.owner,
+        "replicas": list(found.replicas),
+        "breakers": dict(found.breakers),
+        "tier_order": list(found.tier_order),
+        "load_in_flight": found.load_in_flight,
+        "newest_announced_seq": found.newest_announced_seq,
         "local_copy": None
-        if local.record is None
-        else {"seq": local.record.seq, "behind_s": round(local.behind_s, 3)},
-        "degraded_mode": gateway.degraded.active,
-        "deadline_ms": gateway.settings.read_deadline_ms,
+        if local is None
+        else {"seq": local.seq, "behind_s": round(local.behind_s, 3)},
+        "degraded_mode": found.degraded_mode,
+        "deadline_ms": found.deadline_ms,
     }
     content = json.dumps(document, ensure_ascii=False).encode()
     return 200, [JSON, (b"content-length", b"%d" % len(content))], content

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,9 +23,11 @@ from typing import Any
 from redis import exceptions as rex
 from redis.asyncio.connection import Connection, SSLConnection
 
-from app.cluster.errors import translate
+from app.cluster.errors import map_redis_errors, reply_error
 from app.cluster.slots import Address, format_address
-from app.errors import NodeBusyError, NodeGoneError, TierTimeoutError
+from app.errors import NodeBusyError, NodeGoneError, TierError, TierTimeoutError
+
+log = logging.getLogger(__name__)
 
 Command = tuple[bytes | str | int, ...]
 # A reply is a decoded RESP value, or the ResponseError instance the server sent for it.
@@ -179,7 +182,7 @@ class NodeClient:
         """One command; a ResponseError reply is raised translated (no redirect handling)."""
         (reply,) = await self.call(args, deadline=deadline)
         if isinstance(reply, rex.ResponseError):
-            raise translate(reply, route=self.name) from reply
+            raise reply_error(reply, route=self.name) from reply
         return reply
 
     def _flush(self) -> None:
@@ -244,45 +247,57 @@ class NodeClient:
             raise rex.ConnectionError(f"READONLY refused: {reply!r}")
 
     async def _run(self, conn: Connection, batch: list[_Group]) -> None:
+        """Write the batch and read its replies; a failure fails the groups not yet answered.
+
+        What redis-py, the socket or the silence timeout raise is the node's failure (mapped to
+        a ``TierError``; a lost connection is reported to ``on_lost``). Anything else is a bug
+        of ours (a ``TypeError`` in ``pack``): logged with its traceback and raised to the
+        callers as it is, so it is answered as a bug, not failed over as a node outage.
+        """
         healthy = False
         index = 0
         try:
-            if not conn.is_connected:
-                # The whole handshake (TCP, TLS, AUTH, READONLY) under the connect timeout: a
-                # node that accepts and never answers must not keep the slot and the batch.
-                async with asyncio.timeout(self.options.connect_timeout_s):
-                    await conn.connect()  # type: ignore[no-untyped-call]
-            chunks = pack(command for group in batch for command in group.commands)
-            loop = asyncio.get_running_loop()
-            # A timeout on progress, not on the whole batch: it moves on after each reply, so a
-            # batch that keeps answering is never cut off for being long, and a node that stops
-            # answering is given up after ``socket_timeout_s`` of silence.
-            async with asyncio.timeout(self.options.socket_timeout_s) as silence:
-                await conn.send_packed_command(chunks, check_health=False)
-                for index, group in enumerate(batch):  # noqa: B007 - index is read in the handler
-                    replies: list[Reply] = []
-                    for _ in group.commands:
-                        try:
-                            replies.append(await conn.read_response(disable_decoding=True))
-                        except rex.ResponseError as reply:
-                            replies.append(reply)
-                        silence.reschedule(loop.time() + self.options.socket_timeout_s)
-                    self._in_flight -= 1
-                    if not group.future.done():
-                        group.future.set_result(replies)
+            with map_redis_errors(self.name):
+                if not conn.is_connected:
+                    # The whole handshake (TCP, TLS, AUTH, READONLY) under the connect timeout: a
+                    # node that accepts and never answers must not keep the slot and the batch.
+                    async with asyncio.timeout(self.options.connect_timeout_s):
+                        await conn.connect()  # type: ignore[no-untyped-call]
+                chunks = pack(command for group in batch for command in group.commands)
+                loop = asyncio.get_running_loop()
+                # A timeout on progress, not on the whole batch: it moves on after each reply,
+                # so a batch that keeps answering is never cut off for being long, and a node
+                # that stops answering is given up after ``socket_timeout_s`` of silence.
+                async with asyncio.timeout(self.options.socket_timeout_s) as silence:
+                    await conn.send_packed_command(chunks, check_health=False)
+                    for index, group in enumerate(batch):  # noqa: B007 - read by the handlers
+                        replies: list[Reply] = []
+                        for _ in group.commands:
+                            try:
+                                replies.append(await conn.read_response(disable_decoding=True))
+                            except rex.ResponseError as reply:
+                                replies.append(reply)
+                            silence.reschedule(loop.time() + self.options.socket_timeout_s)
+                        self._in_flight -= 1
+                        if not group.future.done():
+                            group.future.set_result(replies)
             healthy = True
         except asyncio.CancelledError:
             self._fail(
                 batch[index:], NodeGoneError(f"{self.name}: client closing", route=self.name)
             )
             raise
-        except Exception as exc:
-            error = translate(exc, route=self.name)
+        except TierError as error:
             if not isinstance(error, TierTimeoutError):
                 self.on_lost(self.address)
             self._fail(batch[index:], error)
-        except BaseException as exc:  # KeyboardInterrupt, SystemExit: answer the callers, go on
-            self._fail(batch[index:], translate(exc, route=self.name))
+        except Exception as exc:
+            log.exception("%s: a batch failed on an error that is not the node's", self.name)
+            self._fail(batch[index:], exc)
+        except BaseException:  # KeyboardInterrupt, SystemExit: answer the callers, go on
+            self._fail(
+                batch[index:], NodeGoneError(f"{self.name}: client closing", route=self.name)
+            )
             raise
         finally:
             await self._checkin(conn, healthy=healthy)

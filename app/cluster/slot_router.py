@@ -23,7 +23,7 @@ from redis import exceptions as rex
 
 from app import tasks, telemetry, tracing
 from app.breaker import Breaker, BreakerBoard
-from app.cluster.errors import translate
+from app.cluster.errors import reply_error
 from app.cluster.node import NodeClient, NodeOptions, Reply
 from app.cluster.provenance import Provenance
 from app.cluster.slots import Address, Shard, SlotMap, format_address, key_slot
@@ -190,7 +190,7 @@ class SlotRouter:
             else:
                 if isinstance(reply, rex.ClusterDownError):
                     self.request_refresh("clusterdown")
-                raise translate(reply, route=f"primary@{client.name}") from reply
+                raise reply_error(reply, route=f"primary@{client.name}") from reply
         raise RedirectLoopError(f"slot {slot}: redirections did not settle", route="primary")
 
     async def execute_on(
@@ -213,7 +213,7 @@ class SlotRouter:
         if isinstance(reply, rex.ResponseError):
             if isinstance(reply, rex.AskError):  # MovedError too: the map is out of date
                 self.request_refresh("moved")
-            raise translate(reply, route=format_address(address)) from reply
+            raise reply_error(reply, route=format_address(address)) from reply
         return reply
 
     async def call_on(
@@ -285,6 +285,8 @@ class SlotRouter:
             breaker.record(ok=False, duration_s=loop.time() - started)
             raise
         except BaseException:
+            # Cancelled, or not the node's failure at all (a bug of ours, raised unmapped by the
+            # node client): the route is not blamed.
             breaker.release()
             raise
         down = isinstance(replies[-1], rex.ClusterDownError)

@@ -22,10 +22,10 @@ from app.codec import (
     encode_tombstone,
     lock_key,
     marker_key,
+    now_ms,
 )
 from app.errors import TierUnavailableError
 from app.settings import RedisSettings
-from app.store import now_ms
 from app.tiers.base import MISS, Copy, KeyRef
 from app.tiers.sizes import LARGE_VALUE_BYTES, LargeValues, transfer_s
 

@@ -11,7 +11,7 @@ import math
 
 from redis.exceptions import ResponseError
 
-from app.cluster.errors import translate
+from app.cluster.errors import reply_error
 from app.cluster.slot_router import SlotRouter
 from app.cluster.slots import Address, format_address
 from app.cluster.topology import TopologyWatcher, parse_info
@@ -61,7 +61,7 @@ class ReplicaTier:
                 continue
             raw = replies[0]
             if isinstance(raw, ResponseError):
-                error = translate(raw, route=f"replica@{format_address(address)}")
+                error = reply_error(raw, route=f"replica@{format_address(address)}")
                 continue
             self.large.saw(ref.rkey, len(raw) if isinstance(raw, bytes) else 0)
             behind_s = self.watcher.behind_s(address)

@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from app.codec import Entry, Tombstone
-from app.errors import StoreUnavailableError
-from app.store import RemoveResult, WriteResult
+from app.codec import Entry, Tombstone, now_ms
+from app.errors import StoreConflictError, StoreUnavailableError
+from app.source import PutResult, RemoveResult
 from app.tiers.base import Copy, KeyRef
 
 Record = Entry | Tombstone | None
@@ -70,7 +70,10 @@ class FakeTier:
 
 @dataclass
 class FakeStore:
-    rows: dict[str, Entry] = field(default_factory=dict)
+    """The store's contract (``app.source.Source``) over a dict keyed by (namespace, key), with
+    the preconditions of the SQL functions ``cachegw_put`` and ``cachegw_delete``."""
+
+    rows: dict[tuple[str, str], Entry] = field(default_factory=dict)
     down: bool = False
     seq: int = 100
     gets: int = 0
@@ -80,12 +83,16 @@ class FakeStore:
         if self.down:
             raise StoreUnavailableError("store down")
 
+    def _live(self, namespace: str, key: str) -> Entry | None:
+        row = self.rows.get((namespace, key))
+        return None if row is None or row.expired(now_ms()) else row
+
     async def get(self, namespace: str, key: str, *, deadline: float) -> Entry | None:
         self._check()
         self.gets += 1
         if self.gate is not None:
             await self._wait(self.gate, deadline)
-        return self.rows.get(key)
+        return self._live(namespace, key)
 
     @staticmethod
     async def _wait(gate: asyncio.Event, deadline: float) -> None:
@@ -96,29 +103,59 @@ class FakeStore:
         except TimeoutError:
             raise StoreUnavailableError("store: get timed out") from None
 
-    async def put(self, namespace: str, key: str, value: bytes, **kw: object) -> WriteResult:
+    async def put(
+        self,
+        namespace: str,
+        key: str,
+        value: bytes,
+        *,
+        content_type: str,
+        ttl_ms: int | None,
+        if_match: list[int] | None,
+        if_exists: bool,
+        if_none_match: bool,
+        deadline: float,
+    ) -> PutResult:
         self._check()
+        live = self._live(namespace, key)
+        if (
+            (if_none_match and live is not None)
+            or ((if_exists or if_match is not None) and live is None)
+            or (if_match is not None and live is not None and live.version not in if_match)
+        ):
+            raise StoreConflictError(
+                "precondition failed", current_version=None if live is None else live.version
+            )
         self.seq += 1
-        created = key not in self.rows
-        self.rows[key] = Entry(value, str(kw["content_type"]), self.seq, self.seq, 0)
-        return WriteResult(self.seq, self.seq, created, None, outbox_id=self.seq, stored_at_ms=0)
+        expires_at_ms = None if ttl_ms is None else now_ms() + ttl_ms
+        self.rows[namespace, key] = Entry(value, content_type, self.seq, self.seq, 0, expires_at_ms)
+        return PutResult(
+            self.seq, self.seq, live is None, expires_at_ms, outbox_id=self.seq, stored_at_ms=0
+        )
 
-    async def delete(self, namespace: str, key: str, **kw: object) -> RemoveResult | None:
+    async def delete(
+        self, namespace: str, key: str, *, if_match: list[int] | None, deadline: float
+    ) -> RemoveResult | None:
         self._check()
-        if key not in self.rows:
+        live = self._live(namespace, key)
+        if live is None:
+            if if_match is not None:
+                raise StoreConflictError("precondition failed", current_version=None)
             return None
-        old = self.rows.pop(key)
+        if if_match is not None and live.version not in if_match:
+            raise StoreConflictError("precondition failed", current_version=live.version)
+        del self.rows[namespace, key]
         self.seq += 1
-        return RemoveResult(old.version, self.seq, self.seq)
+        return RemoveResult(live.version, self.seq, self.seq)
 
-    async def invalidate(self, namespace: str, key: str, **kw: object) -> RemoveResult | None:
+    async def invalidate(self, namespace: str, key: str, *, deadline: float) -> RemoveResult | None:
         self._check()
-        if key not in self.rows:
+        live = self._live(namespace, key)
+        if live is None:
             return None
         self.seq += 1
-        old = self.rows[key]
-        self.rows[key] = Entry(old.value, old.content_type, old.version, self.seq, 0)
-        return RemoveResult(old.version, self.seq, self.seq)
+        self.rows[namespace, key] = live._replace(seq=self.seq, stored_at_ms=0)
+        return RemoveResult(live.version, self.seq, self.seq)
 
 
 class FakeOutbox:

@@ -1,4 +1,5 @@
-"""Every redis-py exception class is translated, or listed as one that never reaches our I/O."""
+"""Every redis-py exception class is translated, or listed as one that never reaches our I/O;
+what the table does not list passes through unchanged."""
 
 from __future__ import annotations
 
@@ -7,8 +8,23 @@ import inspect
 import pytest
 from redis import exceptions as rex
 
-from app.cluster.errors import NOT_RAISED_HERE, TIMEOUT_ERRORS, UNAVAILABLE_ERRORS, translate
-from app.errors import TierTimeoutError, TierUnavailableError
+from app.cluster.errors import (
+    NOT_RAISED_HERE,
+    TIMEOUT_ERRORS,
+    UNAVAILABLE_ERRORS,
+    map_redis_errors,
+    reply_error,
+)
+from app.errors import TierError, TierTimeoutError, TierUnavailableError
+
+
+def translate(exc: BaseException, *, route: str) -> TierError:
+    """What ``exc`` becomes when raised inside ``map_redis_errors``."""
+    with pytest.raises(TierError) as caught, map_redis_errors(route):
+        raise exc
+    assert caught.value.__cause__ is exc
+    return caught.value
+
 
 REDIS_CLASSES = [
     cls for name, cls in inspect.getmembers(rex, inspect.isclass)
@@ -49,5 +65,30 @@ def test_each_class_becomes_a_tier_error(cls: type[BaseException]) -> None:
         (rex.RedisClusterException("x"), TierUnavailableError),
     ],
 )
-def test_leaks_named_by_the_research(exc: BaseException, expected: type[Exception]) -> None:
+def test_leaks_of_redis_py_io(exc: BaseException, expected: type[Exception]) -> None:
     assert isinstance(translate(exc, route="r"), expected)
+
+
+@pytest.mark.parametrize(
+    "exc", [TypeError("%d format: a real number is required"), KeyError("x"), ValueError("x")]
+)
+def test_what_the_table_does_not_list_is_re_raised_unchanged(exc: Exception) -> None:
+    with pytest.raises(type(exc)) as caught, map_redis_errors("primary@127.0.0.1:7000"):
+        raise exc
+    assert caught.value is exc
+
+
+def test_a_tier_error_raised_inside_passes_through() -> None:
+    error = TierTimeoutError("no reply", route="r")
+    with pytest.raises(TierTimeoutError) as caught, map_redis_errors("r"):
+        raise error
+    assert caught.value is error
+
+
+def test_an_error_reply_is_unavailable_never_a_timeout() -> None:
+    error = reply_error(rex.ClusterDownError("CLUSTERDOWN"), route="primary@h:1")
+    assert isinstance(error, TierUnavailableError)
+    assert (error.route, str(error)) == (
+        "primary@h:1",
+        "primary@h:1: ClusterDownError: CLUSTERDOWN",
+    )

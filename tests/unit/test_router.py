@@ -8,13 +8,14 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from app.codec import Entry, Tombstone
+from app.codec import Entry, Tombstone, now_ms
 from app.errors import (
     KeyNotFoundError,
     NodeBusyError,
     NotCachedError,
     OverloadedError,
     RedirectLoopError,
+    StoreConflictError,
     StoreUnavailableError,
     TierTimeoutError,
     TierUnavailableError,
@@ -22,7 +23,6 @@ from app.errors import (
 from app.feed import FeedState, VersionMap
 from app.router import FallbackRouter, ReadPolicy
 from app.settings import LocalSettings, Settings
-from app.store import now_ms
 from app.tiers.base import Copy
 from app.tiers.local import LocalTier
 from tests.unit.fakes import FakeClock, FakeOutbox, FakeStore, FakeTier, entry
@@ -48,7 +48,7 @@ class Rig:
             primary=self.primary,
             replica=self.replica,
             local=self.local,
-            store=self.store,  # type: ignore[arg-type]
+            store=self.store,
             outbox=self.outbox,
             versions=self.versions,
         )
@@ -84,7 +84,7 @@ async def test_a_primary_hit_is_served_and_kept_locally() -> None:
 
 
 async def test_a_primary_miss_reads_the_store_and_fills_redis_and_local() -> None:
-    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 5)}))
+    rig = Rig(store=FakeStore(rows={("default", "k"): entry(b"stored", 5)}))
     result = await rig.router.get(rig.ref)
     assert (result.entry.value, result.tier, result.filled) == (b"stored", "store", True)
     assert rig.primary.data[rig.ref.rkey] == entry(b"stored", 5)
@@ -92,7 +92,7 @@ async def test_a_primary_miss_reads_the_store_and_fills_redis_and_local() -> Non
 
 
 async def test_a_tombstone_or_expired_entry_on_the_primary_is_a_miss() -> None:
-    rig = Rig(store=FakeStore(rows={"k": entry(b"new", 9)}))
+    rig = Rig(store=FakeStore(rows={("default", "k"): entry(b"new", 9)}))
     rig.primary.data[rig.ref.rkey] = Tombstone(8)
     assert (await rig.router.get(rig.ref)).entry.value == b"new"
     rig.primary.data[rig.ref.rkey] = entry(b"old", 3, expires_at_ms=1)
@@ -124,7 +124,7 @@ async def test_a_replica_behind_the_budget_gives_way_to_a_current_local_copy() -
 
 
 async def test_max_stale_widens_what_a_replica_may_serve() -> None:
-    rig = Rig(replica_behind_s=10.0, store=FakeStore(rows={"k": entry(b"stored", 4)}))
+    rig = Rig(replica_behind_s=10.0, store=FakeStore(rows={("default", "k"): entry(b"stored", 4)}))
     rig.primary_fails()
     rig.replica.data[rig.ref.rkey] = entry(b"replica", 4)
     assert (await rig.router.get(rig.ref)).tier == "store"
@@ -134,7 +134,7 @@ async def test_max_stale_widens_what_a_replica_may_serve() -> None:
 
 
 async def test_a_replica_that_fails_falls_through_to_local_then_store() -> None:
-    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 4)}))
+    rig = Rig(store=FakeStore(rows={("default", "k"): entry(b"stored", 4)}))
     rig.primary_fails()
     rig.replica.on_get = fails(TierUnavailableError("down", route="replica"))
     result = await rig.router.get(rig.ref)
@@ -176,7 +176,7 @@ async def test_no_tier_serves_a_seq_older_than_an_announced_one_whatever_the_pol
 
 
 async def test_a_primary_copy_older_than_an_announced_write_goes_to_the_store() -> None:
-    rig = Rig(store=FakeStore(rows={"k": entry(b"new", 7)}))
+    rig = Rig(store=FakeStore(rows={("default", "k"): entry(b"new", 7)}))
     rig.primary.data[rig.ref.rkey] = entry(b"old", 6)
     rig.versions.note("default", "k", 7)
     result = await rig.router.get(rig.ref)
@@ -207,14 +207,14 @@ async def test_local_copies_are_stale_only_while_the_feed_is_down() -> None:
 
 
 async def test_only_if_cached_never_reads_the_store() -> None:
-    rig = Rig(store=FakeStore(rows={"k": entry(b"stored")}))
+    rig = Rig(store=FakeStore(rows={("default", "k"): entry(b"stored")}))
     with pytest.raises(NotCachedError):
         await rig.router.get(rig.ref, ReadPolicy(2.0, 30.0, only_if_cached=True))
     assert rig.store.gets == 0
 
 
 async def test_no_cache_reads_the_store_and_refreshes_the_caches() -> None:
-    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 8)}))
+    rig = Rig(store=FakeStore(rows={("default", "k"): entry(b"stored", 8)}))
     rig.primary.data[rig.ref.rkey] = entry(b"cached", 7)
     result = await rig.router.get(rig.ref, ReadPolicy(2.0, 30.0, no_cache=True))
     assert (result.entry.value, result.tier, result.revalidated) == (b"stored", "store", True)
@@ -283,7 +283,7 @@ async def test_a_store_failure_on_write_changes_no_cache() -> None:
 
 async def test_concurrent_misses_of_one_key_make_one_store_read() -> None:
     gate = asyncio.Event()
-    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 5)}, gate=gate))
+    rig = Rig(store=FakeStore(rows={("default", "k"): entry(b"stored", 5)}, gate=gate))
     readers = [asyncio.ensure_future(rig.router.get(rig.ref)) for _ in range(100)]
     for _ in range(5):
         await asyncio.sleep(0)
@@ -294,7 +294,7 @@ async def test_concurrent_misses_of_one_key_make_one_store_read() -> None:
 
 
 async def test_another_process_holding_the_lock_fills_and_this_one_reads_the_fill() -> None:
-    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 5)}))
+    rig = Rig(store=FakeStore(rows={("default", "k"): entry(b"stored", 5)}))
     rig.primary.held_by_peer = True
     calls = 0
 
@@ -311,7 +311,7 @@ async def test_another_process_holding_the_lock_fills_and_this_one_reads_the_fil
 
 
 async def test_a_peer_that_never_fills_leaves_time_for_our_own_store_read() -> None:
-    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 5)}))
+    rig = Rig(store=FakeStore(rows={("default", "k"): entry(b"stored", 5)}))
     rig.primary.held_by_peer = True
     rig.primary.on_get = lambda ref: None
     result = await rig.router.get(rig.ref)
@@ -320,7 +320,7 @@ async def test_a_peer_that_never_fills_leaves_time_for_our_own_store_read() -> N
 
 
 async def test_a_hot_key_near_the_end_of_its_cache_life_is_refreshed_early_once() -> None:
-    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 5)}))
+    rig = Rig(store=FakeStore(rows={("default", "k"): entry(b"stored", 5)}))
     almost_gone = Entry(b"cached", "a/b", 5, 5, stored_at_ms=now_ms() - rig.router.ttl_cap_ms + 10)
     rig.primary.data[rig.ref.rkey] = almost_gone
     results = [await rig.router.get(rig.ref) for _ in range(20)]
@@ -341,7 +341,7 @@ async def test_a_key_far_from_the_end_of_its_cache_life_is_not_refreshed() -> No
 
 
 async def test_a_full_local_queue_for_a_node_is_shed_not_failed_over() -> None:
-    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 5)}))
+    rig = Rig(store=FakeStore(rows={("default", "k"): entry(b"stored", 5)}))
     rig.primary_fails(NodeBusyError("queue full", route="primary"))
     with pytest.raises(OverloadedError):
         await rig.router.get(rig.ref)
@@ -378,7 +378,7 @@ class ReadThenWaitStore(FakeStore):
     async def get(self, namespace: str, key: str, *, deadline: float) -> Entry | None:
         self._check()
         self.gets += 1
-        row = self.rows.get(key)
+        row = self._live(namespace, key)
         if self.gate is not None and self.gets == 1:
             await self._wait(self.gate, deadline)
         return row
@@ -386,12 +386,12 @@ class ReadThenWaitStore(FakeStore):
 
 async def test_a_joiner_that_knows_a_newer_write_never_gets_the_older_shared_load() -> None:
     gate = asyncio.Event()
-    rig = Rig(store=ReadThenWaitStore(rows={"k": entry(b"old", 5)}, gate=gate))
+    rig = Rig(store=ReadThenWaitStore(rows={("default", "k"): entry(b"old", 5)}, gate=gate))
     first = asyncio.ensure_future(rig.router.get(rig.ref))
     for _ in range(5):
         await asyncio.sleep(0)
     assert rig.store.gets == 1  # its load read seq 5 and waits for its reply
-    rig.store.rows["k"] = entry(b"new", 7)  # another process writes seq 7 ...
+    rig.store.rows["default", "k"] = entry(b"new", 7)  # another process writes seq 7 ...
     rig.versions.note("default", "k", 7)  # ... and the feed announces it here
     joiner = asyncio.ensure_future(rig.router.get(rig.ref))
     for _ in range(5):
@@ -408,7 +408,7 @@ async def test_a_joiner_that_knows_a_key_was_created_never_gets_the_shared_404()
     first = asyncio.ensure_future(rig.router.get(rig.ref))
     for _ in range(5):
         await asyncio.sleep(0)
-    rig.store.rows["k"] = entry(b"created", 7)
+    rig.store.rows["default", "k"] = entry(b"created", 7)
     rig.versions.note("default", "k", 7)
     joiner = asyncio.ensure_future(rig.router.get(rig.ref))
     for _ in range(5):
@@ -421,11 +421,13 @@ async def test_a_joiner_that_knows_a_key_was_created_never_gets_the_shared_404()
 
 async def test_no_cache_never_joins_a_load_that_began_before_it() -> None:
     gate = asyncio.Event()
-    rig = Rig(store=ReadThenWaitStore(rows={"k": entry(b"old", 5)}, gate=gate))
+    rig = Rig(store=ReadThenWaitStore(rows={("default", "k"): entry(b"old", 5)}, gate=gate))
     first = asyncio.ensure_future(rig.router.get(rig.ref))
     for _ in range(5):
         await asyncio.sleep(0)
-    rig.store.rows["k"] = entry(b"new", 7)  # not announced here yet: only the store knows
+    rig.store.rows["default", "k"] = entry(
+        b"new", 7
+    )  # not announced here yet: only the store knows
     revalidating = asyncio.ensure_future(
         rig.router.get(rig.ref, ReadPolicy(max_stale_s=2.0, stale_if_error_s=30.0, no_cache=True))
     )
@@ -440,7 +442,7 @@ async def test_callers_with_no_copy_wait_for_a_shared_load_as_long_as_it_may_run
     """The shared load runs under a deadline of its own, not its first caller's; a caller with
     nothing else to answer with waits for it (late joiners, and the first caller too)."""
     gate = asyncio.Event()
-    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 5)}, gate=gate))
+    rig = Rig(store=FakeStore(rows={("default", "k"): entry(b"stored", 5)}, gate=gate))
     rig.router.read_deadline_s = 0.2
     rig.router.primary_timeout_s = 0.2
     plain_get = rig.primary.get
@@ -465,7 +467,7 @@ async def test_callers_with_no_copy_wait_for_a_shared_load_as_long_as_it_may_run
 
 async def test_a_caller_with_a_stale_copy_gets_it_at_its_deadline_instead_of_waiting() -> None:
     gate = asyncio.Event()
-    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 5)}, gate=gate))
+    rig = Rig(store=FakeStore(rows={("default", "k"): entry(b"stored", 5)}, gate=gate))
     rig.router.read_deadline_s = 0.1
     rig.primary_fails()
     rig.replica.data[rig.ref.rkey] = entry(b"replica", 5)
@@ -535,7 +537,7 @@ async def test_a_primary_tombstone_and_a_store_404_drop_the_local_copy() -> None
 
 
 async def test_a_local_copy_lives_at_most_its_maximum_age() -> None:
-    rig = Rig(store=FakeStore(rows={"k": entry(b"stored", 7)}))
+    rig = Rig(store=FakeStore(rows={("default", "k"): entry(b"stored", 7)}))
     rig.local.store(rig.ref, entry(b"local", 7))
     rig.clock.now += rig.local.settings.max_age_s + 1
     assert rig.local.lookup(rig.ref).record is None
@@ -552,3 +554,23 @@ async def test_a_local_copy_reseeds_redis_only_when_its_version_is_known_current
     await rig.router.get(rig.ref)
     await rig.router.drain()
     assert rig.primary.data[rig.ref.rkey] == entry(b"local", 3)
+
+
+async def test_a_failed_precondition_changes_nothing_and_names_the_live_version() -> None:
+    rig = Rig()
+    put = await rig.router.put(rig.ref, b"v1", content_type="a/b", ttl_s=None)
+    with pytest.raises(StoreConflictError) as caught:
+        await rig.router.put(rig.ref, b"v2", content_type="a/b", ttl_s=None, if_none_match=True)
+    assert caught.value.current_version == put.version
+    with pytest.raises(StoreConflictError):
+        await rig.router.put(rig.ref, b"v2", content_type="a/b", ttl_s=None, if_match=[1])
+    with pytest.raises(StoreConflictError):
+        await rig.router.delete(rig.ref, if_match=[put.version + 1])
+    assert rig.primary.data[rig.ref.rkey].seq == put.seq
+    assert rig.outbox.done_ids == [put.outbox_id]
+    other = rig.router.ref("other", "k")  # the same key in another namespace is another row
+    with pytest.raises(KeyNotFoundError):
+        await rig.router.get(other)
+    with pytest.raises(StoreConflictError) as caught:
+        await rig.router.delete(other, if_exists=True)
+    assert caught.value.current_version is None

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
 
+from app.breaker import BreakerBoard
 from app.cluster.node import NodeClient, NodeOptions
 from app.cluster.slot_router import SlotRouter, parse_cluster_shards
 from app.cluster.slots import key_slot
 from app.errors import RedirectLoopError, TierTimeoutError, TierUnavailableError
-from app.settings import RedisSettings
+from app.settings import BreakerSettings, RedisSettings
 from tests.unit.fake_redis import Err, FakeNode, Session, shards_reply
 
 KEY = b"{mig}:1"
@@ -188,6 +190,55 @@ async def test_a_refused_connection_is_unavailable() -> None:
             await client.call((b"GET", b"k"), deadline=deadline())
     finally:
         await client.aclose()
+
+
+async def test_a_bug_of_ours_in_the_node_client_reaches_the_caller_unchanged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A TypeError while packing is not the node's failure: not mapped, not a lost contact."""
+    node = await FakeNode(lambda s, a: b"v").start()
+    lost: list[object] = []
+    client = NodeClient(node.address, NodeOptions(), on_lost=lost.append)
+    try:
+        with caplog.at_level(logging.ERROR, logger="app.cluster.node"), pytest.raises(TypeError):
+            await client.call((b"GET", None), deadline=deadline())  # type: ignore[arg-type]
+        assert lost == []
+        assert any(r.exc_info and r.exc_info[0] is TypeError for r in caplog.records)
+        assert client.in_flight == 0
+        assert await client.call((b"GET", b"k"), deadline=deadline()) == [b"v"]
+    finally:
+        await client.aclose()
+        await node.aclose()
+
+
+def _board() -> BreakerBoard:
+    return BreakerBoard(BreakerSettings(min_calls=1, failure_rate=0.5))
+
+
+async def test_the_breaker_counts_a_node_failure_and_not_a_bug_of_ours() -> None:
+    node = await FakeNode(lambda s, a: b"v").start()
+    gone = await FakeNode(lambda s, a: b"v").start()
+    await gone.aclose()  # its port now refuses connections
+    router = SlotRouter(RedisSettings(nodes=f"127.0.0.1:{node.port}"))
+    router.breakers = board = BreakerBoard(BreakerSettings(min_calls=1, failure_rate=0.5))
+    try:
+        with pytest.raises(TypeError):
+            await router.call_on(
+                node.address, (b"GET", None), readonly=False, deadline=deadline(),  # type: ignore[arg-type]
+                route="replica",
+            )  # fmt: skip
+        with pytest.raises(TierUnavailableError):
+            await router.call_on(
+                gone.address, (b"GET", b"k"), readonly=False, deadline=deadline(), route="replica"
+            )
+        breakers = {b.route: b.snapshot() for b in board.breakers()}
+        ours = breakers[f"replica@127.0.0.1:{node.port}"]
+        theirs = breakers[f"replica@127.0.0.1:{gone.port}"]
+        assert (ours["state"], ours["calls_in_window"]) == ("closed", 0)
+        assert (theirs["state"], theirs["failures_in_window"]) == ("open", 1)
+    finally:
+        await router.aclose()
+        await node.aclose()
 
 
 async def test_start_without_any_reachable_node_leaves_the_map_empty() -> None:
