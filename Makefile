@@ -7,14 +7,15 @@ PORT ?= 8000
 PIP_VERSION := 26.3
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps system-deps-test run serve down status test lint fmt lock clean \
+.PHONY: help install system-deps system-deps-test run serve down status test check lint fmt lock \
+	clean \
 	bench bench-failover bench-versions bench-outbox soak
 
 help:
 	@echo "make run    install, start the local stack, migrate, serve on http://127.0.0.1:$(PORT)"
 	@echo "make test   install, then every test (the tests start their own stack on free ports)"
 	@echo "make down   stop the local stack started by make run"
-	@echo "make lint   ruff and mypy --strict"
+	@echo "make check  ruff, and mypy --strict on app, devstack and tests (CI runs it first)"
 	@echo "make bench  throughput, stampede and CAS: gateway vs a naive proxy (k6)"
 	@echo "make bench-failover   a primary killed under load: gateway vs a naive proxy"
 	@echo "make bench-versions   the version map: cost per note, memory per key, loop stalls"
@@ -55,8 +56,9 @@ test: system-deps-test install
 
 # The gateway beside a naive redis-py proxy on its own stack: throughput scenarios A B A B, the
 # two ceilings, a cold-key stampede, compare-and-set writers.
+# BASELINE=<commit> adds that commit's gateway to every pair (A/B/C), over the same stack.
 bench: install
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(if $(BASELINE),--baseline $(BASELINE))
 
 # A primary SIGKILLed under 1,500 GET/s: the gateway beside a naive redis-py proxy (own stack).
 bench-failover: install
@@ -79,10 +81,13 @@ SOAK_S ?= 600
 soak: install
 	SOAK_S=$(SOAK_S) $(BIN)/python -m bench.soak
 
-lint: $(STAMP)
+# What CI runs before the tests (.ci/run): ruff, and mypy --strict on the code and its tests.
+check: $(STAMP)
 	$(BIN)/ruff check app devstack tests alembic bench
 	$(BIN)/ruff format --check app devstack tests alembic bench
-	$(BIN)/mypy --strict app devstack
+	$(BIN)/mypy --strict app devstack tests
+
+lint: check
 
 fmt: $(STAMP)
 	$(BIN)/ruff format app devstack tests alembic bench

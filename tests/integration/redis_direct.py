@@ -10,7 +10,7 @@ from devstack import Stack
 
 def cluster_client(stack: Stack) -> RedisCluster:
     return RedisCluster(
-        startup_nodes=[ClusterNode("127.0.0.1", port) for port in stack.redis_ports],
+        startup_nodes=[ClusterNode("127.0.0.1", port) for port in stack.redis_ports],  # type: ignore[no-untyped-call]
         decode_responses=False,
         socket_timeout=2,
         socket_connect_timeout=2,
@@ -23,7 +23,7 @@ def cached(stack: Stack, key: str, *, namespace: str = "default") -> Entry | Tom
         raw = client.get(redis_key("cg", namespace, key))
     finally:
         client.close()
-    return None if raw is None else decode(raw)
+    return None if raw is None else decode(raw if isinstance(raw, bytes) else raw.encode())
 
 
 def drop(stack: Stack, key: str, *, namespace: str = "default") -> None:

@@ -377,7 +377,7 @@ async def test_names_in_rules_and_dashboard_exist_in_the_gateways_metrics(stack:
                 wrong_labels.append(f"{where}: {name} has no label {sorted(unknown)}")
     assert not missing, "metrics the gateway does not expose:\n" + "\n".join(missing)
     assert not wrong_labels, "labels the gateway does not put on them:\n" + "\n".join(wrong_labels)
-    # The extraction found what it had to (the seed's names and the rest).
+    # The extraction found what it had to (the dashboards' first names and the rest).
     assert {
         "redis_fallback_routing_attempts_total",
         "redis_fallback_routing_latency_seconds_bucket",

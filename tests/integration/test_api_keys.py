@@ -31,7 +31,8 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, object]:
     assert body["status"] == status
     assert {"type", "title", "detail"} <= set(body)
     assert "Traceback" not in response.text
-    return body
+    document: dict[str, object] = body
+    return document
 
 
 async def store_row(stack: Stack, key: str) -> asyncpg.Record | None:

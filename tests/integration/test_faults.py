@@ -345,11 +345,7 @@ async def test_reads_in_flight_to_a_node_that_leaves_the_slot_map_fail_over(
             await asyncio.sleep(0.3)  # in flight: the paused node will not answer them
             assert not any(read.done() for read in reads)
             await asyncio.to_thread(
-                redis_cli,
-                int(replica["port"]),
-                "CLUSTER",
-                "FAILOVER",
-                "TAKEOVER",  # type: ignore[call-overload]
+                redis_cli, int(str(replica["port"])), "CLUSTER", "FAILOVER", "TAKEOVER"
             )
             slot = key_slot(f"cg:default:{keys[0]}".encode())
             for _ in range(100):  # bounded: 10 s

@@ -23,10 +23,12 @@ from tests.integration.conftest import auth_headers
 from tests.integration.harness import gateway_process
 
 EXAMPLES_PER_OPERATION = 40
+Operation = schemathesis.APIOperation[Any, Any, Any, Any]
+Case = schemathesis.Case[Operation]
 
 
 @schemathesis.check
-def valid_requests_are_not_rejected(ctx: Any, response: Any, case: schemathesis.Case) -> None:
+def valid_requests_are_not_rejected(ctx: Any, response: Any, case: Case) -> None:
     """Schema-valid data is never refused as malformed (400, 415, 422).
 
     Stands in for schemathesis's own check, which also counts 412 as a rejection, though a
@@ -46,7 +48,7 @@ def base_url(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 @schemathesis.check
-def errors_are_problems(ctx: Any, response: Any, case: schemathesis.Case) -> None:
+def errors_are_problems(ctx: Any, response: Any, case: Case) -> None:
     """Every 4xx and 5xx answer (but HEAD's) carries an RFC 9457 problem body."""
     if response.status_code >= 400 and case.method != "HEAD":
         media_type = response.headers.get("content-type", [""])[0]
@@ -56,21 +58,19 @@ def errors_are_problems(ctx: Any, response: Any, case: schemathesis.Case) -> Non
         assert response.json()["status"] == response.status_code
 
 
-def _mutations(case: schemathesis.Case) -> tuple[Any, ...]:
+def _mutations(case: Case) -> tuple[Any, ...]:
     if case.meta is None:
         return ()
     return tuple(getattr(case.meta.phase.data, "mutations", ()))
 
 
-def fuzz(
-    operation: schemathesis.APIOperation, mode: GenerationMode, base_url: str, ran: dict[str, int]
-) -> None:
+def fuzz(operation: Operation, mode: GenerationMode, base_url: str, ran: dict[str, int]) -> None:
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
         max_examples=EXAMPLES_PER_OPERATION, derandomize=True, deadline=None, database=None,
         suppress_health_check=list(HealthCheck),
     )  # fmt: skip
-    def check(case: schemathesis.Case) -> None:
+    def check(case: Case) -> None:
         key = (case.path_parameters or {}).get("key", "")
         # The schema says 512 characters; the limit is 512 bytes of UTF-8, which it cannot say.
         assume(len(str(key).encode()) <= 512)
@@ -95,7 +95,7 @@ def test_the_api_keeps_its_contract(base_url: str, mode: GenerationMode) -> None
     failures: dict[str, str] = {}
     ran: dict[str, int] = {}
     for result in schema.get_all_operations():
-        operation = result.ok()
+        operation = result.ok()  # type: ignore[union-attr]  # an Err raises here, as meant
         ran[f"{mode.value} {operation.label}"] = 0
         try:
             fuzz(operation, mode, base_url, ran)

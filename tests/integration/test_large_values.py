@@ -1,4 +1,4 @@
-"""One tenant's large values do not fail other reads of the same node (defect audit, §12).
+"""One tenant's large values do not fail other reads of the same node .
 
 Reads of 1 MiB values and reads of small values run side by side against the same primary, through
 a gateway process. Before, they shared pipelined batches under one 200 ms timeout: the small reads

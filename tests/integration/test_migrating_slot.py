@@ -73,10 +73,13 @@ async def test_reads_of_a_migrating_slot_are_right_with_idle_connections_to_the_
         redis_cli(
             source_port, "MIGRATE", "127.0.0.1", str(target_port), "", "0", "5000", "KEYS", *rest
         )
-        for node in primaries(stack):
-            redis_cli(int(node["port"]), "CLUSTER", "SETSLOT", str(slot), "NODE", str(target["id"]))  # type: ignore[call-overload]
+        for primary in primaries(stack):
+            port = int(str(primary["port"]))
+            redis_cli(port, "CLUSTER", "SETSLOT", str(slot), "NODE", str(target["id"]))
         moved_before = redirects("moved")
         answers = await asyncio.gather(*(client.get(f"/v1/keys/{key}") for key in keys))
         assert [a.content for a in answers] == [key.encode() for key in keys]
         assert redirects("moved") - moved_before >= 1
-        assert gateway.slots.map.shard(slot).primary == ("127.0.0.1", target_port)
+        shard = gateway.slots.map.shard(slot)
+        assert shard is not None
+        assert shard.primary == ("127.0.0.1", target_port)

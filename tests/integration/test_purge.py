@@ -1,4 +1,4 @@
-"""The purge of expired entries never deletes a write that revived one (defect audit, finding 1).
+"""The purge of expired entries never deletes a write that revived one .
 
 Shown with two connections on two real Postgres builds: the one installed here, and 16.2 (from
 the ``pgserver`` wheel), an older minor whose EvalPlanQual recheck of a TID scan does nothing.
@@ -73,7 +73,7 @@ async def wait_until_blocked_or_done(conn: asyncpg.Connection, task: asyncio.Tas
 
 async def test_a_put_reviving_an_expired_entry_during_a_purge_keeps_its_row(dsn: str) -> None:
     writer = await asyncpg.connect(dsn)
-    store = Store(PostgresSettings(dsn=dsn))  # type: ignore[arg-type]
+    store = Store(PostgresSettings(dsn=dsn))
     await store.start()
     try:
         await writer.execute("DELETE FROM entries WHERE namespace IN ('purge', 'purge-bulk')")

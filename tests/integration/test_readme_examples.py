@@ -29,8 +29,8 @@ from tests.integration.harness import gateway_process
 from tests.integration.test_node_client import NODE_DIR, ensure_node_modules, node
 
 # What the curl walk-through shows (its 412, 304 and 404 steps are run with -i); any case.
-CURL_SHOWS = ("HTTP/1.1 200", "Cache-Status:", "HTTP/1.1 412", "HTTP/1.1 304", "HTTP/1.1 404")
-CURL_SHOWS += ("application/problem+json",)
+CURL_SHOWS: tuple[str, ...] = ("HTTP/1.1 200", "Cache-Status:", "HTTP/1.1 412", "HTTP/1.1 304")
+CURL_SHOWS += ("HTTP/1.1 404", "application/problem+json")
 FENCE = re.compile(r"^```([A-Za-z0-9_+-]*)[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 
@@ -61,7 +61,8 @@ def example(name: str, languages: tuple[str, ...]) -> str:
         pytest.fail(
             f"{path}: example {name!r} must hold exactly one ```{languages[0]} block; found {found}"
         )
-    return code[0]
+    block: str = code[0]
+    return block
 
 
 @pytest.fixture(scope="module")

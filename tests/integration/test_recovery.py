@@ -1,4 +1,4 @@
-"""Redis that returns with old data is never believed (defect audit, finding 6; issue item 1).
+"""Redis that returns with old data is never believed .
 
 A primary is snapshotted (``SAVE``: what ``save`` persistence leaves on disk), its keys are then
 written again or deleted through the gateway, the gateway forgets them (a short ``versions_ttl``),

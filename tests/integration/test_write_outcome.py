@@ -1,4 +1,4 @@
-"""A committed write is never reported as failed (defect audit, finding 7).
+"""A committed write is never reported as failed .
 
 Through a TCP proxy that holds Postgres's replies: what follows the commit (returning the
 connection to the pool) is not under the write's deadline, and a write whose commit reply does

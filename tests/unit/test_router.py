@@ -1,4 +1,4 @@
-"""The fallback router, row by row of DESIGN.md's read-path table, with scriptable fake tiers."""
+"""The fallback router, row by row of its read walk (app/router.py), with scriptable fake tiers."""
 
 from __future__ import annotations
 
@@ -328,7 +328,9 @@ async def test_a_hot_key_near_the_end_of_its_cache_life_is_refreshed_early_once(
     await rig.router.drain()
     assert rig.store.gets == 1
     assert rig.primary.refreshes == 1
-    assert rig.primary.data[rig.ref.rkey].value == b"stored"  # a new life, from the store
+    record = rig.primary.data[rig.ref.rkey]
+    assert isinstance(record, Entry)
+    assert record.value == b"stored"  # a new life, from the store
 
 
 async def test_a_key_far_from_the_end_of_its_cache_life_is_not_refreshed() -> None:
@@ -477,13 +479,13 @@ async def test_a_caller_with_a_stale_copy_gets_it_at_its_deadline_instead_of_wai
     gate.set()
 
 
-# -- the local tier never goes backwards (defect audit, finding 2) ---------------------------
+# -- the local tier never goes backwards (a copy read before a write lands after it) ------
 
 
 class CommitThenWaitStore(FakeStore):
     """A store whose write commits at once and whose reply comes after ``gate``."""
 
-    async def put(self, namespace: str, key: str, value: bytes, **kw: object) -> Any:
+    async def put(self, namespace: str, key: str, value: bytes, **kw: Any) -> Any:
         result = await super().put(namespace, key, value, **kw)
         if self.gate is not None:
             await self.gate.wait()

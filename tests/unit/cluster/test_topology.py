@@ -131,7 +131,7 @@ async def test_a_role_the_map_does_not_know_asks_for_a_refresh(cluster: Cluster)
     slots, watcher = await watcher_for(cluster, clock)
     try:
         refreshes: list[str] = []
-        slots.request_refresh = refreshes.append  # type: ignore[method-assign]
+        slots.request_refresh = refreshes.append  # type: ignore[method-assign,assignment]
         cluster.replica.role = "master"  # promoted, the slot map not refreshed yet
         await watcher.poll_once()
         assert refreshes == ["role-change"]
@@ -148,7 +148,7 @@ async def test_a_replica_the_map_left_out_asks_for_a_refresh_once_it_has_data(
     slots, watcher = await watcher_for(cluster, clock, startup="pr")  # both startup nodes
     try:
         refreshes: list[str] = []
-        slots.request_refresh = refreshes.append  # type: ignore[method-assign]
+        slots.request_refresh = refreshes.append  # type: ignore[method-assign,assignment]
         await watcher.poll_once()
         assert refreshes == []  # an empty shard's replica: CLUSTER SHARDS says "loading"
         cluster.replica.offset = 1000

@@ -3,19 +3,24 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from fastapi.exceptions import RequestValidationError
 
-from app.api.dispatch import INVALIDATE_ROUTE, KEY_ROUTE, NO_ROUTE, explain_asked, route_of
 from app.api.http import (
     cache_status,
     content_type_of,
     entry_headers,
     key_from_raw_path,
     read_limited,
+    read_policy,
 )
 from app.codec import Entry
-from app.errors import InvalidKeyError, UnsupportedMediaTypeError, ValueTooLargeError
-from app.router import ReadResult
+from app.errors import (
+    InvalidCacheControlError,
+    InvalidKeyError,
+    UnsupportedMediaTypeError,
+    ValueTooLargeError,
+)
+from app.router import ReadPolicy, ReadResult
+from app.settings import StalenessSettings
 
 
 def key(raw: bytes) -> str:
@@ -125,31 +130,45 @@ def test_headers_for_an_answer() -> None:
     assert cache_status(ReadResult(entry, "store")) == "cachegw; fwd=miss"
 
 
+# -- Cache-Control request directives as a read policy ----------------------------------
+
+SETTINGS = StalenessSettings(
+    budget_s=2, max_stale_cap_s=60, stale_if_error_s=30, stale_if_error_cap_s=600
+)
+DEFAULT = ReadPolicy(max_stale_s=2, stale_if_error_s=30)
+
+
+def policy(header: str | None) -> ReadPolicy:
+    return read_policy(header, staleness=SETTINGS, default=DEFAULT)
+
+
 @pytest.mark.parametrize(
-    ("path", "route"),
+    ("header", "expected"),
     [
-        ("/v1/keys/a", KEY_ROUTE),
-        ("/v1/keys/a b", KEY_ROUTE),
-        ("/v1/keys/a/invalidate", INVALIDATE_ROUTE),
-        ("/v1/keys/a/b", NO_ROUTE),
-        ("/v1/keys/a/", NO_ROUTE),
-        ("/v1/keys/", NO_ROUTE),
-        ("/v1/keys//invalidate", NO_ROUTE),
+        (None, DEFAULT),
+        ("", DEFAULT),
+        ("max-stale=5", ReadPolicy(5, 30)),
+        ("max-stale", ReadPolicy(60, 30)),
+        ("max-stale=9999", ReadPolicy(60, 30)),
+        ("max-stale=0", ReadPolicy(0, 30)),
+        ("stale-if-error=120", ReadPolicy(2, 120)),
+        ("stale-if-error=99999", ReadPolicy(2, 600)),
+        ('max-stale="7", Stale-If-Error=1', ReadPolicy(7, 1)),
+        ("no-cache", ReadPolicy(2, 30, no_cache=True)),
+        ("max-age=0", ReadPolicy(2, 30, no_cache=True)),
+        ("max-age=60", DEFAULT),
+        ("only-if-cached, max-stale=3", ReadPolicy(3, 30, only_if_cached=True)),
+        ('no-transform, private="x, y", foo=bar', DEFAULT),
+        ("=5, {}, TDz, max-stale=3", ReadPolicy(3, 30)),
     ],
 )
-def test_every_key_path_has_one_route(path: str, route: str) -> None:
-    assert route_of(path) == route
+def test_directives(header: str | None, expected: ReadPolicy) -> None:
+    assert policy(header) == expected
 
 
 @pytest.mark.parametrize(
-    ("query", "asked"),
-    [(b"", False), (b"explain=1", True), (b"explain=TRUE", True), (b"explain=no", False),
-     (b"ttl=5", False), (b"explain=0&explain=yes", True)],
-)  # fmt: skip
-def test_explain_is_read_as_fastapi_reads_a_boolean(query: bytes, asked: bool) -> None:
-    assert explain_asked({"query_string": query}) is asked
-
-
-def test_an_unreadable_explain_is_a_validation_error() -> None:
-    with pytest.raises(RequestValidationError):
-        explain_asked({"query_string": b"explain=maybe"})
+    "header", ["max-stale=-1", "max-stale=abc", "stale-if-error", "max-age=1.5"]
+)
+def test_malformed_values_of_directives_we_use(header: str) -> None:
+    with pytest.raises(InvalidCacheControlError):
+        policy(header)
