@@ -1,4 +1,4 @@
-"""Degraded mode: the seed's runbook, automated.
+"""Degraded mode: the slow-fallback runbook (RUNBOOK.md), automated.
 
 When the p95 of fallback latency stays above the threshold over the window, retries drop to
 ``retries`` and coalescing applies to every read, not only to loads from the store. The mode ends

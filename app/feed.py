@@ -6,8 +6,9 @@ feed works while the Redis Cluster is down, and it never announces a write that 
 
 What a process does with it:
 
-* ``VersionMap`` keeps the newest seq announced per key (bounded in keys and age, the seed's
-  "invalidation timestamps"). A tier answer older than that is not served.
+* ``VersionMap`` keeps the newest seq announced per key (bounded in keys and age: the
+  "invalidation timestamps" of a classic cache-aside design). A tier answer older than that is
+  not served.
 * ``LocalTier`` drops its copy of the key.
 * ``FeedState`` says whether local copies can be trusted. While the feed is down, copies become
   stale-only instead of being wiped. On reconnect the feed first listens, then reads the outbox

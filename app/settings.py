@@ -145,7 +145,7 @@ class OutboxSettings(BaseModel):
 
 
 class StalenessSettings(BaseModel):
-    """How far behind the store a fallback tier's answer may be (DESIGN.md section 2, rule 4)."""
+    """How far behind the store a fallback tier's answer may be (README, "Guarantees")."""
 
     budget_s: float = Field(default=2.0, ge=0, le=3600, description="Default max-stale.")
     max_stale_cap_s: float = Field(default=60.0, ge=0, le=86400)
@@ -220,7 +220,7 @@ class CoalescingSettings(BaseModel):
 
 
 class DegradedSettings(BaseModel):
-    """The seed's runbook automated: slow fallbacks switch to a more defensive policy."""
+    """The slow-fallback runbook automated: slow fallbacks switch to a more defensive policy."""
 
     p95_threshold_s: float = Field(default=0.05, gt=0, le=60)
     window_s: float = Field(default=10.0, gt=0, le=3600)

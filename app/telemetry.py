@@ -1,4 +1,5 @@
-"""Metrics. The seed's metric names are kept exactly; everything else is ``cachegw_*``.
+"""Metrics. The first dashboards' names (``redis_fallback_*``, ``redis_cache_*``) are kept
+exactly; everything else is ``cachegw_*``.
 
 Label values are bounded sets chosen in code (tier names, outcomes, triggers); a key is never a
 label value.
@@ -121,7 +122,7 @@ REPLICA_LAG = Gauge(
 )  # fmt: skip
 
 # HTTP metrics, the same for routes served by FastAPI (recorded through
-# prometheus-fastapi-instrumentator) and for the lean GET path (recorded directly).
+# prometheus-fastapi-instrumentator) and for the key operations (recorded by app/api/dispatch.py).
 HTTP_REQUESTS = Counter(
     "http_requests", "HTTP requests by route template, method and status class",
     ["handler", "method", "status"],

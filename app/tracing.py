@@ -1,14 +1,14 @@
 """Tracing: OpenTelemetry, off unless configured by the standard ``OTEL_*`` variables.
 
-The server span comes from opentelemetry-instrumentation-fastapi (and, for the lean path, from
-the same ASGI middleware it uses), named by route template. Each tier attempt gets a child span
-with ``db.system.name``, ``db.operation.name``, ``server.address``, ``server.port``,
-``redis.node_role``, ``fallback.path`` and ``error.type``. A key appears only as a hash
-(``cachegw.key.hash``) unless ``CACHEGW_TRACE_KEYS_PLAINLY`` allows it, and request paths in span
-attributes have the key replaced by ``{key}``.
+The server span comes from opentelemetry-instrumentation-fastapi (and, for the key operations,
+which never reach FastAPI, from the same ASGI middleware it uses), named by route template. Each
+tier attempt gets a child span with ``db.system.name``, ``db.operation.name``,
+``server.address``, ``server.port``, ``redis.node_role``, ``fallback.path`` and ``error.type``.
+A key appears only as a hash (``cachegw.key.hash``) unless ``CACHEGW_TRACE_KEYS_PLAINLY`` allows
+it, and request paths in span attributes have the key replaced by ``{key}``.
 
 When tracing is off nothing is created on the hot path: callers test ``ENABLED`` first. When it
-is on, the lean path asks the configured sampler first (``head_sampled``) and skips the ASGI
+is on, the key operations ask the configured sampler first (``head_sampled``) and skip the ASGI
 middleware for requests that would not be sampled, so that a 1% sample costs about 1% of the
 middleware's work; a sampled request's server span then gets the very trace id the sampler judged.
 Tier spans are made only under a recording span.
@@ -220,7 +220,11 @@ def sanitize_server_span(span: Span, scope: MutableMapping[str, Any]) -> None:
 
 
 def server_span_details(scope: MutableMapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Span name and attributes for the lean path (as the FastAPI instrumentation names them)."""
+    """Span name and attributes for the key operations (as the FastAPI instrumentation names
+    them)."""
     path: str = scope.get("path", "")
-    route = "/v1/keys/{key}" if path.startswith("/v1/keys/") else path
+    route = path
+    if path.startswith("/v1/keys/"):
+        invalidate = path.endswith("/invalidate") and path.count("/") == 4
+        route = "/v1/keys/{key}/invalidate" if invalidate else "/v1/keys/{key}"
     return f"{scope.get('method', 'HTTP')} {route}", {"http.route": route}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from devstack import BUS_PORT_OFFSET, Stack, StackConfig, find_free_base_port, find_free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def migrate(stack: Stack) -> None:

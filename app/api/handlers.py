@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, quote
 
 from starlette.types import Scope
 
+from app.api import conditional
 from app.api.conditional import TagList, none_match, parse_tag_list
 from app.api.deps import PRINCIPAL
 from app.api.http import (
@@ -147,7 +148,7 @@ async def put(gateway: Gateway, scope: Scope, body: AsyncIterator[bytes]) -> Ans
         if result.expires_at_ms is None
         else datetime.fromtimestamp(result.expires_at_ms / 1000, tz=UTC).isoformat()
     )
-    etag = f'"{result.version}"'
+    etag = conditional.etag(result.version)
     document = {"key": key, "version": result.version, "etag": etag, "expires_at": expires_at}
     content = json.dumps(document, ensure_ascii=False).encode()
     headers: Headers = [JSON, (b"content-length", b"%d" % len(content)), (b"etag", etag.encode())]

@@ -203,7 +203,7 @@ def entry_headers(result: ReadResult, now_ms: int) -> list[tuple[bytes, bytes]]:
     entry: Entry = result.entry
     status = _HIT_PRIMARY if result.tier == "primary" and not result.stale_s else None
     headers = [
-        (b"etag", b'"%d"' % entry.version),
+        (b"etag", b'"%d"' % entry.version),  # conditional.etag(), as bytes: every read builds it
         (b"age", b"%d" % age_s(result, now_ms)),
         (b"cache-status", status or cache_status(result).encode()),
     ]

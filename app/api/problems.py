@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from app import errors
+from app.api.conditional import etag
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def _close(_exc: Any) -> dict[str, str]:
 
 
 def _current_etag(exc: errors.StoreConflictError) -> dict[str, str] | None:
-    return None if exc.current_version is None else {"ETag": f'"{exc.current_version}"'}
+    return None if exc.current_version is None else {"ETag": etag(exc.current_version)}
 
 
 def _limit(exc: errors.ValueTooLargeError) -> dict[str, object] | None:
