@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: help install system-deps system-deps-test run serve down status test check lint fmt lock \
 	clean \
-	bench bench-failover bench-versions bench-outbox soak
+	bench bench-hotpath bench-failover bench-versions bench-outbox soak
 
 help:
 	@echo "make run    install, start the local stack, migrate, serve on http://127.0.0.1:$(PORT)"
@@ -17,6 +17,7 @@ help:
 	@echo "make down   stop the local stack started by make run"
 	@echo "make check  ruff, and mypy --strict on app, devstack and tests (CI runs it first)"
 	@echo "make bench  throughput, stampede and CAS: gateway vs a naive proxy (k6)"
+	@echo "make bench-hotpath    CPU per GET hit in process (BASELINE=<commit>: A/B against it)"
 	@echo "make bench-failover   a primary killed under load: gateway vs a naive proxy"
 	@echo "make bench-versions   the version map: cost per note, memory per key, loop stalls"
 	@echo "make bench-outbox     300 PUT/s for 60 s: does the outbox stay bounded?"
@@ -59,6 +60,11 @@ test: system-deps-test install
 # BASELINE=<commit> adds that commit's gateway to every pair (A/B/C), over the same stack.
 bench: install
 	$(BIN)/python -m bench.run $(if $(BASELINE),--baseline $(BASELINE))
+
+# The gateway's own CPU per GET hit, in process (no HTTP server, no client), A/B against
+# BASELINE=<commit> when given: what the code controls of make bench's figures.
+bench-hotpath: install
+	$(BIN)/python -m bench.hotpath $(if $(BASELINE),--baseline $(BASELINE))
 
 # A primary SIGKILLed under 1,500 GET/s: the gateway beside a naive redis-py proxy (own stack).
 bench-failover: install

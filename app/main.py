@@ -9,12 +9,11 @@ from contextlib import asynccontextmanager
 import prometheus_client
 from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from prometheus_fastapi_instrumentator import Instrumentator, metrics
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
-from app import logs, telemetry, tracing
-from app.api import admin, docs, health, keys, openapi, problems
+from app import logs, tracing
+from app.api import admin, docs, health, keys, metrics, openapi, problems
 from app.api.deps import State
 from app.api.dispatch import KeyOperations, serve
 from app.api.middleware import (
@@ -25,13 +24,6 @@ from app.api.middleware import (
 )
 from app.gateway import Gateway
 from app.settings import Settings
-
-
-def _record_http(info: metrics.Info) -> None:
-    telemetry.record_http(
-        info.modified_handler, info.method, info.response.status_code if info.response else 500,
-        info.modified_duration,
-    )  # fmt: skip
 
 
 def create_app(settings: Settings | None = None) -> ASGIApp:
@@ -73,9 +65,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     api.include_router(admin.router)
     docs.install(api)
     openapi.install(api, documented=keys.key_routes(settings.limits).routes)
-    Instrumentator(excluded_handlers=["/metrics"]).add(_record_http).instrument(api).expose(
-        api, include_in_schema=False
-    )
+    metrics.install(api)
     endpoint: ASGIApp = serve
     if tracing.ENABLED:
         FastAPIInstrumentor.instrument_app(

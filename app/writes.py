@@ -60,7 +60,7 @@ class CacheWriter:
         if self.local is not None and entry.seq >= (
             self.versions.newest(ref.namespace, ref.key) or 0
         ):
-            self.local.store(ref, entry)
+            self.local.keep(ref, entry)
 
     def deadline(self, limit: float | None = None) -> float:
         """When a cache update started now must end (no later than ``limit``)."""

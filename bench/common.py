@@ -41,7 +41,9 @@ TARGETS = {
 
 def redis_key(target: str, key: str) -> bytes:
     """The Redis key each target stores ``key`` under (they differ, and so do their slots)."""
-    return codec.redis_key("cg", "default", key) if target == "gateway" else f"naive:{key}".encode()
+    if target in ("gateway", "baseline"):
+        return codec.redis_key("cg", "default", key)
+    return f"naive:{key}".encode()
 
 
 @contextlib.contextmanager
@@ -131,17 +133,40 @@ def create_api_key(stack: Stack) -> str:
 
 
 @contextlib.contextmanager
-def serve(target: str, stack: Stack, *, env: dict[str, str] | None = None) -> Iterator[str]:
-    """One uvicorn worker (uvloop, httptools) serving ``target`` against the stack."""
+def checkout(commit: str, into: Path) -> Iterator[Path]:
+    """The repository at ``commit`` in a temporary work tree (removed at the end), to serve an
+    older gateway beside this one: ``serve("baseline", ..., source=path)``."""
+    path = into / f"baseline-{commit[:12]}"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(path), commit],
+        cwd=REPO, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    try:
+        yield path
+    finally:
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(path)],
+            cwd=REPO, check=False, capture_output=True, timeout=120,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def serve(
+    target: str, stack: Stack, *, env: dict[str, str] | None = None, source: Path = REPO
+) -> Iterator[str]:
+    """One uvicorn worker (uvloop, httptools) serving ``target`` against the stack, from the
+    code in ``source`` (this repository, or a checkout of another commit)."""
+    app = TARGETS["gateway" if target == "baseline" else target]
+    env = {**(env or {}), "PYTHONPATH": str(source)} if source != REPO else env
     command = [
-        sys.executable, "-m", "uvicorn", *TARGETS[target], "--host", "127.0.0.1",
+        sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1",
         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
     with serve_gateway(
         stack, RESULTS, command=command, env=env, log_name=f".{target}", keep_log=False,
         ready_path="/v1/keys/-ready-probe",
         ready_statuses=(200, 401, 404),  # 401: the gateway, without a key
-        timeout_s=30,
+        timeout_s=30, cwd=source,
     ) as base_url:  # fmt: skip
         yield base_url
 

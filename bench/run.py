@@ -7,12 +7,17 @@ The two ceilings (a raw ASGI app and a FastAPI route answering a constant) are m
 run. The stampede (1,000 users, one cold key, at once) reports store queries as Postgres counted
 them (pg_stat_statements). Compare-and-set writers run against the gateway only (the naive proxy
 has no preconditions). Saved: ``bench/results/bench-<date>.json`` and ``.png``.
+
+``--baseline COMMIT`` (``make bench BASELINE=COMMIT``) adds a third target in every pair: the
+gateway as it was at that commit, served from a temporary work tree over the same stack and the
+same seeded keys, so a change is measured against the code before it in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import tempfile
@@ -28,6 +33,7 @@ from bench.common import (
     TRACE_SAMPLE_RATIO,
     bench_keys,
     bench_stack,
+    checkout,
     create_api_key,
     otlp_sink,
     run_k6,
@@ -37,7 +43,7 @@ from bench.common import (
 from devstack import Stack
 
 THROUGHPUT = ("read_hit", "mixed")
-TARGETS = ("gateway", "naive")
+TARGETS = ("gateway", "naive")  # the stampede and the plot; the pairs add the baseline
 
 
 async def k6(script: str, base_url: str, work: Path, **env: str) -> dict[str, Any]:
@@ -112,17 +118,21 @@ async def main() -> int:
     parser.add_argument("--duration", default="10s")
     parser.add_argument("--vus", type=int, default=32)
     parser.add_argument("--keys", type=int, default=10_000)
+    parser.add_argument("--baseline", default="", help="a commit to measure beside this code")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     keys = bench_keys(args.keys)
     common = {"DURATION": args.duration, "VUS": str(args.vus), "KEY_COUNT": str(args.keys)}
     report: dict[str, Any] = {"vus": args.vus, "duration": args.duration, "pairs": args.pairs}
-    with (
-        bench_stack() as stack,
-        otlp_sink() as sink,
-        tempfile.TemporaryDirectory(prefix="cachegw-bench-") as tmp,
-    ):
-        work = Path(tmp)
+    with contextlib.ExitStack() as stack_of:
+        stack = stack_of.enter_context(bench_stack())
+        sink = stack_of.enter_context(otlp_sink())
+        work = Path(stack_of.enter_context(tempfile.TemporaryDirectory(prefix="cachegw-bench-")))
+        paired: tuple[str, ...] = ("gateway", "naive")
+        if args.baseline:
+            baseline = stack_of.enter_context(checkout(args.baseline, work))
+            report["baseline"] = args.baseline
+            paired = ("gateway", "baseline", "naive")
         api_key = create_api_key(stack)
         common["API_KEY"] = api_key  # the naive proxy and the ceilings ignore it
         ceilings: dict[str, Any] = {}
@@ -131,16 +141,21 @@ async def main() -> int:
                 ceilings[ceiling] = await k6("read_hit.js", base_url, work, **common)
                 print(f"ceiling {ceiling}: {ceilings[ceiling]['rps']} requests/s", flush=True)
         report["ceilings"] = ceilings
-        with serve("gateway", stack, env=sink.env()) as gateway, serve("naive", stack) as naive:
-            urls = {"gateway": gateway, "naive": naive}
-            for name, url in urls.items():
+        with contextlib.ExitStack() as servers:
+            gateway = servers.enter_context(serve("gateway", stack, env=sink.env()))
+            urls = {"gateway": gateway, "naive": servers.enter_context(serve("naive", stack))}
+            if args.baseline:
+                urls["baseline"] = servers.enter_context(
+                    serve("baseline", stack, env=sink.env(), source=baseline)
+                )
+            for name in TARGETS:  # the baseline reads what the gateway wrote: one store
                 print(f"{name}: seeding {len(keys)} keys", flush=True)
-                await seed(url, keys, api_key=api_key)
+                await seed(urls[name], keys, api_key=api_key)
             runs: dict[str, list[dict[str, Any]]] = {s: [] for s in THROUGHPUT}
             for pair in range(args.pairs):
                 for scenario in THROUGHPUT:
                     results = {}
-                    for target in TARGETS:  # A then B, every pair
+                    for target in paired:  # A then B (then C), every pair
                         results[target] = await k6(f"{scenario}.js", urls[target], work, **common)
                         r = results[target]
                         print(
@@ -178,17 +193,26 @@ async def main() -> int:
     return 0
 
 
+def _ratios(pairs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
+    rps = [ratio(p[a]["rps"], p[b]["rps"]) for p in pairs]
+    p99 = [ratio(p[a]["p99_ms"], p[b]["p99_ms"]) for p in pairs]
+    return {
+        "rps_ratios": rps,
+        "p99_ratios": p99,
+        "median_rps_ratio": round(statistics.median(rps), 3),
+        "median_p99_ratio": round(statistics.median(p99), 3),
+    }
+
+
 def summarize(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per scenario, the gateway against the naive proxy (and, with a baseline, the baseline
+    against the naive proxy and the gateway against the baseline), pair by pair."""
     out: dict[str, dict[str, Any]] = {}
     for scenario, pairs in report["runs"].items():
-        rps = [ratio(p["gateway"]["rps"], p["naive"]["rps"]) for p in pairs]
-        p99 = [ratio(p["gateway"]["p99_ms"], p["naive"]["p99_ms"]) for p in pairs]
-        out[scenario] = {
-            "rps_ratios": rps,
-            "p99_ratios": p99,
-            "median_rps_ratio": round(statistics.median(rps), 3),
-            "median_p99_ratio": round(statistics.median(p99), 3),
-        }
+        out[scenario] = _ratios(pairs, "gateway", "naive")
+        if "baseline" in pairs[0]:
+            out[scenario]["baseline_vs_naive"] = _ratios(pairs, "baseline", "naive")
+            out[scenario]["gateway_vs_baseline"] = _ratios(pairs, "gateway", "baseline")
     report["summary"] = out
     return out
 
@@ -205,10 +229,10 @@ def print_report(report: dict[str, Any]) -> None:
     print("-" * len(header))
     for scenario, pairs in report["runs"].items():
         for index, pair in enumerate(pairs):
-            for target in TARGETS:
+            for target in pair:
                 r = pair[target]
                 tail = ""
-                if target == "gateway":
+                if target in ("gateway", "baseline"):
                     naive = pair["naive"]
                     tail = (
                         f" {ratio(r['rps'], naive['rps']):>9}"
@@ -222,6 +246,13 @@ def print_report(report: dict[str, Any]) -> None:
             f"{scenario:<9} median gateway/naive: requests/s x{s['median_rps_ratio']}, "
             f"p99 x{s['median_p99_ratio']}"
         )
+        for name, label in (("baseline_vs_naive", "baseline/naive"), ("gateway_vs_baseline",
+                            "gateway/baseline")):  # fmt: skip
+            if name in s:
+                print(
+                    f"{scenario:<9} median {label}: requests/s x{s[name]['median_rps_ratio']} "
+                    f"(pairs {s[name]['rps_ratios']}), p99 x{s[name]['median_p99_ratio']}"
+                )
     for name, r in report["ceilings"].items():
         print(f"ceiling {name:<17} {r['rps']:>8} req/s, p99 {r['p99_ms']} ms")
     for target, r in report["stampede"].items():

@@ -26,8 +26,8 @@ composed) and ``cli``. What tests and benchmarks share: ``stacks`` (a stack of t
 
 from __future__ import annotations
 
-# BUS_PORT_OFFSET, HOST and PRIMARY_COUNT stay out of __all__ (as before the split) but are
-# imported from here by the tests; ``X as X`` marks them re-exported for mypy --strict.
+# BUS_PORT_OFFSET, HOST and PRIMARY_COUNT are not in __all__ (not part of ``import *``), but the
+# tests import them from here; ``X as X`` marks them re-exported for mypy --strict.
 from devstack.cli import main
 from devstack.config import BUS_PORT_OFFSET as BUS_PORT_OFFSET
 from devstack.config import CLUSTER_SLOTS, NODE_COUNT, StackConfig

@@ -34,8 +34,9 @@ def serve_gateway(
     ready_path: str = "/readyz",
     ready_statuses: tuple[int, ...] = (200,),
     timeout_s: float = 20.0,
+    cwd: Path = ROOT,
 ) -> Iterator[str]:
-    """Run ``command --port N`` on a free port N, in the repository root, with the stack's
+    """Run ``command --port N`` on a free port N, in ``cwd`` (the repository root), with the stack's
     variables and ``env`` over this process's environment; yield ``http://127.0.0.1:N`` once
     ``ready_path`` answers one of ``ready_statuses``.
 
@@ -49,7 +50,7 @@ def serve_gateway(
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 [*command, "--port", str(port)],
-                cwd=ROOT,
+                cwd=cwd,
                 env={**os.environ, **stack.env(), **(env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,

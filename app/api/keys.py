@@ -186,9 +186,10 @@ def key_routes(limits: LimitSettings) -> APIRouter:
         },
         openapi_extra={
             "requestBody": {
-                "required": True,
-                "description": f"The value: any bytes, at most {max_value}. "
-                "Its Content-Type is kept.",
+                # An empty body (none sent) is an empty value, as HTTP has it: not an error.
+                "required": False,
+                "description": f"The value: any bytes, at most {max_value} (none: the empty "
+                "value). Its Content-Type is kept.",
                 "content": {
                     "text/plain": {"schema": {"type": "string"}, "example": "hello, world"},
                     "application/octet-stream": schemas.BINARY,

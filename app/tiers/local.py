@@ -65,7 +65,7 @@ class LocalTier:
     async def get(self, ref: KeyRef, *, deadline: float) -> Copy:
         return self.lookup(ref)
 
-    def store(self, ref: KeyRef, entry: Entry) -> bool:
+    def keep(self, ref: KeyRef, entry: Entry) -> bool:
         """Keep ``entry`` unless a copy with a newer seq is already here."""
         if not self.enabled:
             return False
@@ -86,7 +86,7 @@ class LocalTier:
         if isinstance(record, Tombstone):
             self.invalidate(ref.namespace, ref.key, record.seq)
             return True
-        return self.store(ref, record)
+        return self.keep(ref, record)
 
     def invalidate(self, namespace: str, key: str, seq: int) -> None:
         """Drop the copy of a key if it is older than ``seq`` (an announced write or delete)."""

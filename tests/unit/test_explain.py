@@ -63,7 +63,7 @@ def test_open_breakers_and_a_partitioned_node_are_left_out_of_the_order() -> Non
     ref = fallback.ref("default", "k")
     fallback.versions.note("default", "k", 9)
     assert fallback.local is not None
-    fallback.local.store(ref, entry(b"v", 9))
+    fallback.local.keep(ref, entry(b"v", 9))
     found = fallback.explain(ref)
     assert found.tier_order == ("replica@10.0.0.3:7000", "local", "store (open)")
     assert found.breakers == {

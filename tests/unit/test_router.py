@@ -118,7 +118,7 @@ async def test_a_replica_behind_the_budget_gives_way_to_a_current_local_copy() -
     rig = Rig(replica_behind_s=10.0)
     rig.primary_fails()
     rig.replica.data[rig.ref.rkey] = entry(b"replica", 4)
-    rig.local.store(rig.ref, entry(b"local", 4))
+    rig.local.keep(rig.ref, entry(b"local", 4))
     result = await rig.router.get(rig.ref)
     assert (result.entry.value, result.tier) == (b"local", "local")
 
@@ -168,7 +168,7 @@ async def test_no_tier_serves_a_seq_older_than_an_announced_one_whatever_the_pol
     rig = Rig(store=FakeStore(down=True))
     rig.primary_fails()
     rig.replica.data[rig.ref.rkey] = entry(b"old", 4)
-    rig.local.store(rig.ref, entry(b"old", 4))
+    rig.local.keep(rig.ref, entry(b"old", 4))
     rig.versions.note("default", "k", 5)  # e.g. an invalidate announced by the feed
     anything = ReadPolicy(max_stale_s=1e9, stale_if_error_s=1e9)
     with pytest.raises(StoreUnavailableError):
@@ -188,14 +188,14 @@ async def test_a_replica_tombstone_keeps_an_older_local_copy_from_being_served()
     rig = Rig(store=FakeStore(down=True))
     rig.primary_fails()
     rig.replica.data[rig.ref.rkey] = Tombstone(9)
-    rig.local.store(rig.ref, entry(b"old", 4))
+    rig.local.keep(rig.ref, entry(b"old", 4))
     with pytest.raises(StoreUnavailableError):
         await rig.router.get(rig.ref)
 
 
 async def test_local_copies_are_stale_only_while_the_feed_is_down() -> None:
     rig = Rig(store=FakeStore(down=True))
-    rig.local.store(rig.ref, entry(b"local", 4))
+    rig.local.keep(rig.ref, entry(b"local", 4))
     rig.feed.lost()
     rig.clock.now += 10
     rig.primary_fails()
@@ -525,12 +525,12 @@ async def test_a_primary_copy_overtaken_while_it_was_read_is_served_but_not_kept
 
 async def test_a_primary_tombstone_and_a_store_404_drop_the_local_copy() -> None:
     rig = Rig()
-    rig.local.store(rig.ref, entry(b"deleted", 5))
+    rig.local.keep(rig.ref, entry(b"deleted", 5))
     rig.primary.data[rig.ref.rkey] = Tombstone(6)
     with pytest.raises(KeyNotFoundError):
         await rig.router.get(rig.ref)
     assert rig.local.lookup(rig.ref).record is None
-    rig.local.store(rig.ref, entry(b"deleted", 5))
+    rig.local.keep(rig.ref, entry(b"deleted", 5))
     rig.primary.data.pop(rig.ref.rkey)
     rig.versions.note("default", "k", 6)  # the delete, announced; the store has no row
     with pytest.raises(KeyNotFoundError):
@@ -540,14 +540,14 @@ async def test_a_primary_tombstone_and_a_store_404_drop_the_local_copy() -> None
 
 async def test_a_local_copy_lives_at_most_its_maximum_age() -> None:
     rig = Rig(store=FakeStore(rows={("default", "k"): entry(b"stored", 7)}))
-    rig.local.store(rig.ref, entry(b"local", 7))
+    rig.local.keep(rig.ref, entry(b"local", 7))
     rig.clock.now += rig.local.settings.max_age_s + 1
     assert rig.local.lookup(rig.ref).record is None
 
 
 async def test_a_local_copy_reseeds_redis_only_when_its_version_is_known_current() -> None:
     rig = Rig()
-    rig.local.store(rig.ref, entry(b"local", 3))
+    rig.local.keep(rig.ref, entry(b"local", 3))
     result = await rig.router.get(rig.ref)  # primary miss: the local copy answers
     assert (result.entry.value, result.tier) == (b"local", "local")
     await rig.router.drain()

@@ -23,10 +23,10 @@ def tier(**settings: int) -> LocalTier:
 
 def test_bounded_in_entries_least_recently_used_first() -> None:
     local = tier(max_entries=2)
-    local.store(ref("a"), entry(seq=1))
-    local.store(ref("b"), entry(seq=1))
+    local.keep(ref("a"), entry(seq=1))
+    local.keep(ref("b"), entry(seq=1))
     local.lookup(ref("a"))
-    local.store(ref("c"), entry(seq=1))
+    local.keep(ref("c"), entry(seq=1))
     assert len(local) == 2
     assert local.lookup(ref("b")).record is None
     assert local.lookup(ref("a")).record is not None
@@ -35,16 +35,16 @@ def test_bounded_in_entries_least_recently_used_first() -> None:
 def test_bounded_in_bytes() -> None:
     local = tier(max_bytes=3 * (1000 + ITEM_OVERHEAD_BYTES + 10))
     for i in range(10):
-        local.store(ref(f"k{i}"), entry(b"x" * 1000, seq=1))
+        local.keep(ref(f"k{i}"), entry(b"x" * 1000, seq=1))
     assert len(local) <= 3
     assert local.bytes <= 3 * (1000 + ITEM_OVERHEAD_BYTES + 10)
-    assert not local.store(ref("huge"), entry(b"x" * 10_000, seq=1))
+    assert not local.keep(ref("huge"), entry(b"x" * 10_000, seq=1))
 
 
 def test_newer_copies_win_and_invalidations_drop_older_ones() -> None:
     local = tier()
-    assert local.store(ref("a"), entry(b"new", seq=5))
-    assert not local.store(ref("a"), entry(b"old", seq=4))
+    assert local.keep(ref("a"), entry(b"new", seq=5))
+    assert not local.keep(ref("a"), entry(b"old", seq=4))
     local.invalidate("ns", "a", 5)  # the echo of this copy's own write: kept
     assert local.lookup(ref("a")).record == entry(b"new", seq=5)
     local.invalidate("ns", "a", 6)
@@ -53,12 +53,12 @@ def test_newer_copies_win_and_invalidations_drop_older_ones() -> None:
 
 async def test_put_of_a_tombstone_invalidates() -> None:
     local = tier()
-    local.store(ref("a"), entry(seq=5))
+    local.keep(ref("a"), entry(seq=5))
     await local.put(ref("a"), Tombstone(6), deadline=0)
     assert local.lookup(ref("a")).record is None
 
 
 def test_disabled_when_sized_zero() -> None:
     local = tier(max_entries=0)
-    assert not local.store(ref("a"), entry())
+    assert not local.keep(ref("a"), entry())
     assert local.lookup(ref("a")).record is None
