@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: help install system-deps system-deps-test run serve down status test check lint fmt lock \
 	clean \
-	bench bench-hotpath bench-failover bench-versions bench-outbox soak
+	bench bench-hotpath bench-store bench-failover bench-versions bench-outbox soak
 
 help:
 	@echo "make run    install, start the local stack, migrate, serve on http://127.0.0.1:$(PORT)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench  throughput, stampede and CAS: gateway vs a naive proxy (k6)"
 	@echo "make bench-hotpath    CPU per GET hit in process (BASELINE=<commit>: A/B against it)"
 	@echo "make bench-failover   a primary killed under load: gateway vs a naive proxy"
+	@echo "make bench-store      write commits/s with the feed on and off, against bare INSERTs"
 	@echo "make bench-versions   the version map: cost per note, memory per key, loop stalls"
 	@echo "make bench-outbox     300 PUT/s for 60 s: does the outbox stay bounded?"
 	@echo "make soak             10 minutes (SOAK_S) of writes, reads and a fault a minute, checked"
@@ -69,6 +70,11 @@ bench-hotpath: install
 # A primary SIGKILLed under 1,500 GET/s: the gateway beside a naive redis-py proxy (own stack).
 bench-failover: install
 	$(BIN)/python -m bench.failover
+
+# The store's write ceiling: 16 writers through Store.put beside 8 processes following the feed,
+# with the feed off, with a NOTIFY per write, and with the relay, against bare INSERTs (A B C D).
+bench-store: install
+	$(BIN)/python -m bench.store
 
 # The version map: note cost at 100,000 live keys, bytes per key, the longest event-loop stall
 # while 50,000 pending keys are noted from Postgres (own Postgres; exits 1 when a goal is missed).

@@ -1,0 +1,318 @@
+"""``make bench-store``: how many writes per second the store commits, with the feed and without.
+
+N writers drive the store's own write path (``Store.put``: the SQL function a PUT runs, its
+outbox row, and the batched ``outbox_done`` a gateway sends after the Redis update) on the
+benchmark's own Postgres, while M follower processes follow the invalidation feed with the
+gateway's own ``InvalidationFeed`` (``bench/store_follower.py``). Modes, side by side in every
+pair (A B C ...): ``bare`` (single-row INSERTs into a table like the outbox, nothing else: what
+this Postgres can commit), ``feed-off`` (the write path with no announcement at all), and one
+mode per feed design (``notify``: a NOTIFY from every write's transaction; ``relay``: one elected
+relay announces committed rows in batches). Printed and saved (``bench/results/store-<date>``
+``.json`` and ``.png``): commits/s per mode, the ratio to ``bare`` in the same pair, the delay from
+a write's commit to its announcement in every follower (p50, p99, max, and any never announced),
+and what the followers cost Postgres (connections, statements/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from app.settings import Settings
+from app.store import Store
+from bench.common import REPO, RESULTS
+from bench.store_follower import PREFIX
+from devstack import Stack
+from devstack.stacks import postgres_only
+
+FOLLOWER = Path(__file__).with_name("store_follower.py")
+KEYS_PER_WRITER = 1_000
+VALUE = b"v" * 100
+BARE_TABLE = """
+CREATE TABLE IF NOT EXISTS bench_bare (
+    id bigserial PRIMARY KEY, namespace text NOT NULL, key text NOT NULL, seq bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now())
+"""
+BARE_INSERT = "INSERT INTO bench_bare (namespace, key, seq) VALUES ('default', $1, $2)"
+NOT_WRITES = (
+    "query NOT ILIKE '%cachegw_put%' AND query NOT ILIKE '%applied_at = now()%'"
+    " AND query NOT ILIKE '%bench_bare%' AND query NOT ILIKE '%pg_stat%'"
+)
+
+
+@dataclass
+class Run:
+    mode: str
+    commits: int = 0
+    seconds: float = 0.0
+    committed: dict[int, float] = field(default_factory=dict)  # seq -> when its commit returned
+
+    @property
+    def rate(self) -> float:
+        return round(self.commits / self.seconds, 1) if self.seconds else 0.0
+
+
+def feed_env(stack: Stack, mode: str) -> dict[str, str]:
+    env = {**os.environ, **stack.env(), "PYTHONPATH": str(REPO)}
+    if mode in ("notify", "relay"):
+        env["CACHEGW_FEED__MODE"] = mode
+    return env
+
+
+@contextlib.contextmanager
+def followers(stack: Stack, mode: str, count: int, work: Path) -> Any:
+    """``count`` follower processes, ready; yields the files they write their records to."""
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    try:
+        for index in range(count):
+            out = work / f"{mode}-{index}-{time.monotonic_ns()}.json"
+            proc = subprocess.Popen(
+                [sys.executable, str(FOLLOWER), str(out)], cwd=REPO, env=feed_env(stack, mode),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            procs.append((proc, out))
+        for proc, _ in procs:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != b"ready":
+                raise RuntimeError("a follower did not start")
+        yield [out for _, out in procs]
+    finally:
+        for proc, _ in procs:
+            with contextlib.suppress(OSError):
+                assert proc.stdin is not None
+                proc.stdin.close()
+        for proc, _ in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+async def write_path(stack: Stack, mode: str, writers: int, duration_s: float) -> Run:
+    """``writers`` concurrent PUTs through ``Store.put`` for ``duration_s``."""
+    feed = {"mode": mode} if mode in ("notify", "relay") else {}
+    settings = Settings(pg={"dsn": stack.pg_dsn, "pool_max_size": writers}, feed=feed)
+    store = Store(settings.pg)
+    await store.start()
+    run = Run(mode)
+    done: list[int] = []
+    loop = asyncio.get_running_loop()
+    stop_at = loop.time() + duration_s
+
+    async def writer(index: int) -> None:
+        i = 0
+        while loop.time() < stop_at:
+            key = f"{PREFIX}{index}-{i % KEYS_PER_WRITER}"
+            result = await store.put(
+                "default", key, VALUE, content_type="application/octet-stream", ttl_ms=None,
+                if_match=None, if_exists=False, if_none_match=False, deadline=loop.time() + 10,
+            )  # fmt: skip
+            run.committed[result.seq] = time.time()
+            done.append(result.outbox_id)
+            run.commits += 1
+            i += 1
+
+    async def mark_done() -> None:  # as the gateway's outbox does, in batches
+        while True:
+            await asyncio.sleep(0.05)
+            ids, done[:] = list(done), []
+            await store.outbox_done(ids, deadline=loop.time() + 10)
+
+    marker = loop.create_task(mark_done())
+    started = loop.time()
+    await asyncio.gather(*(writer(i) for i in range(writers)))
+    run.seconds = loop.time() - started
+    marker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await marker
+    await store.aclose()
+    return run
+
+
+async def bare(stack: Stack, writers: int, duration_s: float) -> Run:
+    pool = await asyncpg.create_pool(stack.pg_dsn, min_size=writers, max_size=writers)
+    run = Run("bare")
+    loop = asyncio.get_running_loop()
+    stop_at = loop.time() + duration_s
+
+    async def writer(index: int) -> None:
+        i = 0
+        while loop.time() < stop_at:
+            await pool.execute(BARE_INSERT, f"{PREFIX}{index}-{i % KEYS_PER_WRITER}", i)
+            run.commits += 1
+            i += 1
+
+    started = loop.time()
+    await asyncio.gather(*(writer(i) for i in range(writers)))
+    run.seconds = loop.time() - started
+    await pool.close()
+    return run
+
+
+async def pg_counts(conn: asyncpg.Connection[asyncpg.Record]) -> tuple[int, int]:
+    """Client connections now, and statements other than the writes' so far."""
+    connections = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+    )
+    statements = await conn.fetchval(
+        f"SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements WHERE {NOT_WRITES}"
+    )
+    return int(connections), int(statements)
+
+
+def delays(run: Run, records: list[Path]) -> dict[str, Any]:
+    """Commit-to-announcement delay in every follower, in ms; writes some follower never got."""
+    values: list[float] = []
+    missed = 0
+    for path in records:
+        applied = {int(k): v for k, v in json.loads(path.read_text())["applied"].items()}
+        for seq, at in run.committed.items():
+            got = applied.get(seq)
+            if got is None:
+                missed += 1
+            else:
+                values.append(max(0.0, got - at) * 1000)
+    if not values:
+        return {"missed": missed}
+    values.sort()
+    return {
+        "p50_ms": round(values[len(values) // 2], 2),
+        "p99_ms": round(values[int(len(values) * 0.99)], 2),
+        "max_ms": round(values[-1], 2),
+        "announcements": len(values),
+        "missed": missed,
+    }
+
+
+async def one(stack: Stack, mode: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    conn = await asyncpg.connect(stack.pg_dsn)
+    try:
+        trigger = "DISABLE" if mode in ("feed-off", "bare") else "ENABLE"
+        await conn.execute(f"ALTER TABLE cache_outbox {trigger} TRIGGER cache_outbox_notify")
+        base_connections, _ = await pg_counts(conn)
+        with followers(stack, mode, args.followers if mode != "bare" else 0, work) as records:
+            await asyncio.sleep(1.0)  # the followers settle (a relay is elected)
+            connections, statements = await pg_counts(conn)
+            begun = time.monotonic()
+            if mode == "bare":
+                run = await bare(stack, args.writers, args.duration)
+            else:
+                run = await write_path(stack, mode, args.writers, args.duration)
+            _, statements_after = await pg_counts(conn)
+            spent = time.monotonic() - begun
+            await asyncio.sleep(2.0)  # what is still on its way arrives
+        follower_cost = {
+            "connections": connections - base_connections,
+            "statements_per_s": round((statements_after - statements) / spent, 1),
+        }
+        result: dict[str, Any] = {"commits_per_s": run.rate, "commits": run.commits}
+        if mode != "bare":
+            result["followers"] = follower_cost
+            if mode != "feed-off":
+                result["delay"] = delays(run, records)
+        return result
+    finally:
+        await conn.close()
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--writers", type=int, default=16)
+    parser.add_argument("--followers", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--modes", default="bare,feed-off,notify")
+    args = parser.parse_args()
+    modes = args.modes.split(",")
+    report: dict[str, Any] = {
+        "writers": args.writers, "followers": args.followers, "duration_s": args.duration,
+        "pairs": args.pairs, "modes": modes, "runs": [],
+    }  # fmt: skip
+    with (
+        postgres_only(REPO / ".bench-stack-store") as stack,
+        tempfile.TemporaryDirectory(prefix="cachegw-store-") as tmp,
+    ):
+        conn = await asyncpg.connect(stack.pg_dsn)
+        try:
+            await conn.execute(BARE_TABLE)
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        finally:
+            await conn.close()
+        for pair in range(args.pairs):
+            results = {}
+            for mode in modes:
+                results[mode] = await one(stack, mode, args, Path(tmp))
+                r = results[mode]
+                print(
+                    f"pair {pair + 1} {mode}: {r['commits_per_s']} commits/s"
+                    + (f", delay {r['delay']}" if "delay" in r else "")
+                    + (f", followers {r['followers']}" if "followers" in r else ""),
+                    flush=True,
+                )
+            report["runs"].append(results)
+    summary: dict[str, Any] = {}
+    for mode in modes:
+        ratios = [r[mode]["commits_per_s"] / r["bare"]["commits_per_s"] for r in report["runs"]]
+        summary[mode] = {
+            "median_commits_per_s": statistics.median(
+                r[mode]["commits_per_s"] for r in report["runs"]
+            ),
+            "ratios_to_bare": [round(x, 3) for x in ratios],
+            "median_ratio_to_bare": round(statistics.median(ratios), 3),
+        }
+        print(
+            f"{mode:<9} {summary[mode]['median_commits_per_s']:>9} commits/s, "
+            f"x{summary[mode]['median_ratio_to_bare']} of bare "
+            f"(pairs {summary[mode]['ratios_to_bare']})"
+        )
+    report["summary"] = summary
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"store-{stamp}.json"
+    path.write_text(json.dumps(report, indent=1))
+    plot(report, RESULTS / f"store-{stamp}.png")
+    print(f"saved bench/results/{path.name} and store-{stamp}.png")
+    return 0
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 4))
+    modes = report["modes"]
+    medians = [report["summary"][m]["median_commits_per_s"] for m in modes]
+    bars = axis.bar(modes, medians, color=["grey"] + ["tab:blue"] * (len(modes) - 1))
+    for bar, mode in zip(bars, modes, strict=True):
+        axis.annotate(
+            f"x{report['summary'][mode]['median_ratio_to_bare']}",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+        )  # fmt: skip
+    axis.set_ylabel("commits/s (median of pairs)")
+    axis.set_title(
+        f"{report['writers']} writers, {report['followers']} followers, "
+        f"{report['duration_s']:g} s per run, {report['pairs']} pairs"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
