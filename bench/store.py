@@ -1,16 +1,21 @@
 """``make bench-store``: how many writes per second the store commits, with the feed and without.
 
-N writers drive the store's own write path (``Store.put``: the SQL function a PUT runs, its
-outbox row, and the batched ``outbox_done`` a gateway sends after the Redis update) on the
+N pgbench clients drive the store's own write path (``SELECT * FROM cachegw_put(...)``, the very
+statement ``Store.put`` sends for a PUT: the entry, its version and its outbox row in one
+transaction; plus the batched ``outbox_done`` a gateway sends after the Redis update) on the
 benchmark's own Postgres, while M follower processes follow the invalidation feed with the
-gateway's own ``InvalidationFeed`` (``bench/store_follower.py``). Modes, side by side in every
-pair (A B C ...): ``bare`` (single-row INSERTs into a table like the outbox, nothing else: what
-this Postgres can commit), ``feed-off`` (the write path with no announcement at all), and one
-mode per feed design (``notify``: a NOTIFY from every write's transaction; ``relay``: one elected
-relay announces committed rows in batches). Printed and saved (``bench/results/store-<date>``
-``.json`` and ``.png``): commits/s per mode, the ratio to ``bare`` in the same pair, the delay from
-a write's commit to its announcement in every follower (p50, p99, max, and any never announced),
-and what the followers cost Postgres (connections, statements/s).
+gateway's own ``InvalidationFeed`` (``bench/store_follower.py``). pgbench, not Python, makes the
+load: a client in C costs the two cores the same in every mode, so the ratios are Postgres's.
+The delay is measured in a second, shorter phase, through ``Store.put`` itself (4 writers), from
+the moment a writer has its commit acknowledged to the moment each follower applied it.
+
+Modes, side by side in every pair (A B C ...): ``bare`` (single-row INSERTs into a table like the
+outbox, nothing else: what this Postgres can commit), ``feed-off`` (the write path with no
+announcement at all), and one mode per feed design (``notify``: a NOTIFY from every write's
+transaction; ``relay``: one elected relay announces committed rows in batches). Printed and saved
+(``bench/results/store-<date>`` ``.json`` and ``.png``): commits/s per mode, the ratio to ``bare``
+in the same pair, the delay from a write's commit to its announcement in every follower (p50, p99,
+max, and any never announced), and what the followers cost Postgres (connections, statements/s).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -29,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -47,7 +54,19 @@ CREATE TABLE IF NOT EXISTS bench_bare (
     id bigserial PRIMARY KEY, namespace text NOT NULL, key text NOT NULL, seq bigint NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now())
 """
-BARE_INSERT = "INSERT INTO bench_bare (namespace, key, seq) VALUES ('default', $1, $2)"
+KEY = f"'{PREFIX}' || :client_id || '-' || :k"
+PGBENCH_SCRIPTS = {
+    "bare": f"\\set k random(1, {KEYS_PER_WRITER})\nINSERT INTO bench_bare (namespace, key, seq) "
+    f"VALUES ('default', {KEY}, 1);\n",
+    "put": f"\\set k random(1, {KEYS_PER_WRITER})\nSELECT * FROM cachegw_put('default', {KEY}, "
+    f"'\\x{VALUE.hex()}'::bytea, 'application/octet-stream', NULL, NULL, false, false);\n",
+}
+DONE_BATCH = (
+    "UPDATE cache_outbox SET applied_at = now() WHERE applied_at IS NULL AND id = ANY(ARRAY("
+    "SELECT id FROM cache_outbox WHERE applied_at IS NULL ORDER BY id LIMIT 5000))"
+)
+DELAY_WRITERS = 4
+DELAY_S = 3.0
 NOT_WRITES = (
     "query NOT ILIKE '%cachegw_put%' AND query NOT ILIKE '%applied_at = now()%'"
     " AND query NOT ILIKE '%bench_bare%' AND query NOT ILIKE '%pg_stat%'"
@@ -144,24 +163,41 @@ async def write_path(stack: Stack, mode: str, writers: int, duration_s: float) -
     return run
 
 
-async def bare(stack: Stack, writers: int, duration_s: float) -> Run:
-    pool = await asyncpg.create_pool(stack.pg_dsn, min_size=writers, max_size=writers)
-    run = Run("bare")
-    loop = asyncio.get_running_loop()
-    stop_at = loop.time() + duration_s
+async def pgbench(stack: Stack, script: str, *, clients: int, duration_s: float, work: Path,
+                  options: str = "") -> float:  # fmt: skip
+    """pgbench's committed transactions per second (connection time excluded)."""
+    path = work / f"script-{time.monotonic_ns()}.sql"
+    path.write_text(script)
+    parts = urlsplit(stack.pg_dsn)
+    env = {
+        **os.environ, "PGHOST": parts.hostname or "127.0.0.1", "PGPORT": str(parts.port),
+        "PGUSER": parts.username or "", "PGDATABASE": parts.path.lstrip("/"),
+        "PGOPTIONS": options,
+    }  # fmt: skip
+    if parts.password:
+        env["PGPASSWORD"] = parts.password
+    proc = await asyncio.create_subprocess_exec(
+        str(stack.postgres.host.pg_bin() / "pgbench"), "-n", "-c", str(clients), "-j", "2",
+        "-T", str(int(duration_s)), "-f", str(path), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    match = re.search(rb"tps = ([0-9.]+) \(without initial connection time\)", out)
+    if proc.returncode != 0 or match is None:
+        raise RuntimeError(f"pgbench failed: {err.decode()[-500:]}")
+    return float(match.group(1))
 
-    async def writer(index: int) -> None:
-        i = 0
-        while loop.time() < stop_at:
-            await pool.execute(BARE_INSERT, f"{PREFIX}{index}-{i % KEYS_PER_WRITER}", i)
-            run.commits += 1
-            i += 1
 
-    started = loop.time()
-    await asyncio.gather(*(writer(i) for i in range(writers)))
-    run.seconds = loop.time() - started
-    await pool.close()
-    return run
+async def mark_done(dsn: str, stop: asyncio.Event) -> None:
+    """What the gateways' outboxes do after each Redis update, in batches every 50 ms."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        while not stop.is_set():
+            await conn.execute(DONE_BATCH)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.05)
+    finally:
+        await conn.close()
 
 
 async def pg_counts(conn: asyncpg.Connection[asyncpg.Record]) -> tuple[int, int]:
@@ -208,21 +244,29 @@ async def one(stack: Stack, mode: str, args: argparse.Namespace, work: Path) -> 
         with followers(stack, mode, args.followers if mode != "bare" else 0, work) as records:
             await asyncio.sleep(1.0)  # the followers settle (a relay is elected)
             connections, statements = await pg_counts(conn)
+            stop = asyncio.Event()
+            marker = asyncio.get_running_loop().create_task(mark_done(stack.pg_dsn, stop))
             begun = time.monotonic()
-            if mode == "bare":
-                run = await bare(stack, args.writers, args.duration)
-            else:
-                run = await write_path(stack, mode, args.writers, args.duration)
+            script = PGBENCH_SCRIPTS["bare" if mode == "bare" else "put"]
+            options = "-c cachegw.feed_notify=off" if mode == "relay" else ""
+            tps = await pgbench(
+                stack, script, clients=args.writers, duration_s=args.duration, work=work,
+                options=options,
+            )  # fmt: skip
             _, statements_after = await pg_counts(conn)
             spent = time.monotonic() - begun
-            await asyncio.sleep(2.0)  # what is still on its way arrives
-        follower_cost = {
-            "connections": connections - base_connections,
-            "statements_per_s": round((statements_after - statements) / spent, 1),
-        }
-        result: dict[str, Any] = {"commits_per_s": run.rate, "commits": run.commits}
+            stop.set()
+            await marker
+            result: dict[str, Any] = {"commits_per_s": round(tps, 1)}
+            if mode not in ("bare", "feed-off"):
+                run = await write_path(stack, mode, DELAY_WRITERS, DELAY_S)
+                await asyncio.sleep(2.0)  # what is still on its way arrives
         if mode != "bare":
-            result["followers"] = follower_cost
+            # The followers' own statements: catch-up, position checks, a relay's reads.
+            result["followers"] = {
+                "connections": connections - base_connections,
+                "statements_per_s": round((statements_after - statements) / spent, 1),
+            }
             if mode != "feed-off":
                 result["delay"] = delays(run, records)
         return result
