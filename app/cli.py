@@ -80,14 +80,20 @@ def migrate(args: argparse.Namespace) -> int:
 
     _env_file(args.env_file)
     config = Config(str(Path(__file__).resolve().parent.parent / "alembic.ini"))
-    command.upgrade(config, args.revision) if args.direction == "up" else command.downgrade(
-        config, args.revision
-    )
+    if args.direction == "up":
+        command.upgrade(config, args.revision or "head")
+    else:
+        command.downgrade(config, args.revision or "base")
     return 0
 
 
+def keys(args: argparse.Namespace) -> int:
+    _env_file(args.env_file)
+    return keys_cli.run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Every subcommand names its handler (``set_defaults(handler=...)``); main only calls it."""
     parser = argparse.ArgumentParser(prog="cachegw", description="The cachegw cache gateway.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -106,16 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     p_migrate.add_argument("--env-file")
     p_migrate.set_defaults(handler=migrate)
 
-    keys_cli.add_parser(sub)
+    keys_cli.add_parser(sub).set_defaults(handler=keys)
 
-    args = parser.parse_args(argv)
-    if args.command == "keys":
-        _env_file(args.env_file)
-        return keys_cli.run(args)
-    if args.command == "migrate" and args.revision is None:
-        args.revision = "head" if args.direction == "up" else "base"
-    handler = args.handler
-    result: int = handler(args)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    result: int = args.handler(args)
     return result
 
 

@@ -18,7 +18,8 @@ DEV_KEY_FILE = Path(".devstack/dev-api-key")
 TIMEOUT_S = 10.0
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """The ``keys`` subcommand and its actions; the caller sets its handler."""
     keys = sub.add_parser("keys", help="API keys: create, list, revoke")
     keys.add_argument("--env-file", help="dotenv file to load (default .devstack/env if present)")
     actions = keys.add_subparsers(dest="action", required=True)
@@ -34,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     revoke = actions.add_parser("revoke", help="revoke a key by its prefix (or the whole key)")
     revoke.add_argument("key")
     actions.add_parser("dev", help="the development key of make run (made once, kept in .devstack)")
+    return keys
 
 
 async def _with_store(settings: Settings) -> Store:
