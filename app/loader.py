@@ -24,7 +24,7 @@ from app.settings import CoalescingSettings
 from app.singleflight import SingleFlight
 from app.source import Source
 from app.tasks import Spawner
-from app.tiers.base import KeyRef, PrimaryLike
+from app.tiers.base import KeyRef, LockingTier
 from app.writes import CacheWriter
 
 XFETCH_HORIZON = 30
@@ -63,7 +63,7 @@ class StoreLoader:
         self,
         *,
         store: Source,
-        primary: PrimaryLike,
+        primary: LockingTier,
         versions: VersionMap,
         caches: CacheWriter,
         background: Spawner,

@@ -56,7 +56,7 @@ from app.settings import Settings
 from app.singleflight import SingleFlight
 from app.source import Source
 from app.tasks import Spawner
-from app.tiers.base import CacheTier, Copy, KeyRef, PrimaryLike
+from app.tiers.base import CacheTier, Copy, KeyRef, LockingTier
 from app.tiers.local import LocalTier
 from app.writes import CacheWriter, OutboxSink, Writes
 
@@ -142,7 +142,7 @@ class FallbackRouter:
         self,
         *,
         settings: Settings,
-        primary: PrimaryLike,
+        primary: LockingTier,
         store: Source,
         outbox: OutboxSink,
         versions: VersionMap,

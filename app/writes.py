@@ -17,7 +17,7 @@ from app.codec import Entry, Tombstone
 from app.errors import KeyNotFoundError, StoreConflictError, TierError
 from app.feed import VersionMap
 from app.source import PutResult, RemoveResult, Source
-from app.tiers.base import KeyRef, PrimaryLike
+from app.tiers.base import KeyRef, LockingTier
 from app.tiers.local import LocalTier
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class CacheWriter:
     def __init__(
         self,
         *,
-        primary: PrimaryLike,
+        primary: LockingTier,
         versions: VersionMap,
         local: LocalTier | None,
         timeout_s: float,

@@ -112,8 +112,8 @@ def _read_request(gateway: Gateway, scope: Scope) -> tuple[str, TagList | None, 
 async def read(gateway: Gateway, scope: Scope) -> Answer:
     """GET and HEAD of a key."""
     key, tags, policy = _read_request(gateway, scope)
-    router = gateway.router
-    result = await router.get(router.ref(_namespace(gateway, scope), key), policy)
+    fallback = gateway.router
+    result = await fallback.get(fallback.ref(_namespace(gateway, scope), key), policy)
     entry = result.entry
     headers = entry_headers(result, now_ms())
     if tags is not None and none_match(tags, entry.version):
@@ -137,9 +137,9 @@ async def put(gateway: Gateway, scope: Scope, body: AsyncIterator[bytes]) -> Ans
     content_type = content_type_of(header(scope, b"content-type"))
     limit = gateway.settings.limits.max_value_bytes
     value = await read_limited(body, content_length=header(scope, b"content-length"), limit=limit)
-    router = gateway.router
-    result = await router.put(
-        router.ref(_namespace(gateway, scope), key), value,
+    fallback = gateway.router
+    result = await fallback.put(
+        fallback.ref(_namespace(gateway, scope), key), value,
         content_type=content_type, ttl_s=ttl,
         if_match=if_match, if_exists=if_exists, if_none_match=create_only,
     )  # fmt: skip
@@ -161,9 +161,9 @@ async def delete(gateway: Gateway, scope: Scope) -> Answer:
     """DELETE of a key: 204 once the store committed; 404 when absent (412 with If-Match)."""
     key = _key(gateway, scope)
     if_match, if_exists = _match(precondition(scope, b"if-match"))
-    router = gateway.router
-    await router.delete(
-        router.ref(_namespace(gateway, scope), key), if_match=if_match, if_exists=if_exists
+    fallback = gateway.router
+    await fallback.delete(
+        fallback.ref(_namespace(gateway, scope), key), if_match=if_match, if_exists=if_exists
     )
     return 204, [], b""
 
@@ -171,8 +171,8 @@ async def delete(gateway: Gateway, scope: Scope) -> Answer:
 async def invalidate(gateway: Gateway, scope: Scope) -> Answer:
     """POST /v1/keys/{key}/invalidate: every cache tier drops the key; the store keeps it."""
     key = _key(gateway, scope)
-    router = gateway.router
-    await router.invalidate(router.ref(_namespace(gateway, scope), key))
+    fallback = gateway.router
+    await fallback.invalidate(fallback.ref(_namespace(gateway, scope), key))
     return 204, [], b""
 
 
@@ -182,8 +182,8 @@ def explain(gateway: Gateway, scope: Scope) -> Answer:
     The request is validated as a read would be: a malformed header is refused here too.
     """
     key, _, _ = _read_request(gateway, scope)
-    router = gateway.router
-    found = router.explain(router.ref(_namespace(gateway, scope), key))
+    fallback = gateway.router
+    found = fallback.explain(fallback.ref(_namespace(gateway, scope), key))
     local = found.local_copy
     document = {
         "key": key,

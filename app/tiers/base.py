@@ -57,8 +57,9 @@ class WritableTier(CacheTier, Protocol):
     async def put(self, ref: KeyRef, record: Entry | Tombstone, *, deadline: float) -> bool: ...
 
 
-class PrimaryLike(WritableTier, Protocol):
-    """The primary tier: also refreshes a copy's life, and holds the key's load lock.
+class LockingTier(WritableTier, Protocol):
+    """A writable tier that also refreshes a copy's life and holds the key's load lock (the
+    primary tier: loads from the store are coordinated through it across processes).
 
     ``lock`` returns a token, or None when another process holds the lock; ``poll_fill`` returns
     the key's copy and whether the lock is still held. Both raise ``TierError`` like ``get``.
