@@ -221,7 +221,8 @@ def _outcome(error: StoreError) -> Literal["timeout", "error"]:
 async def _no_reset(_conn: object) -> None:
     """asyncpg's reset on release is a round trip (``RESET ALL``, ``UNLISTEN *``, ...) that the
     gateway does not need: its pool connections keep no session state (listening is done on a
-    connection of its own). asyncpg still rolls back a transaction left open."""
+    connection of its own; the startup settings, ``cachegw.feed_notify`` among them, are the
+    session's defaults, which a reset keeps). asyncpg still rolls back a transaction left open."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -754,8 +755,9 @@ class Listener:
         """A round trip on the listening connection (the only way to notice it died quietly),
         answering where the store's commit order stands now.
 
-        Every transaction the answer's snapshot sees committed before it, so its announcement
-        is on this connection ahead of the answer to the next round trip.
+        Every transaction the answer's snapshot sees committed before it, so in notify mode
+        (each writer sends its NOTIFY) its announcement is on this connection ahead of the
+        answer to the next round trip. In relay mode it only proves the connection alive.
         """
         with map_asyncpg_errors("listener"):
             async with asyncio.timeout_at(deadline):
