@@ -36,8 +36,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app import tasks
+from app.announce import decode
 from app.codec import now_ms
 from app.errors import StoreError
+from app.relay import Relay
 from app.settings import FeedSettings
 from app.store import Listener, OutboxRow, Position, Store
 from app.telemetry import FEED_LAG, FEED_UP
@@ -152,7 +154,8 @@ class FeedState:
 
 
 class InvalidationFeed:
-    """Listens for announcements and applies them; reconnects and catches up by itself."""
+    """Listens for announcements and applies them; reconnects and catches up by itself. In relay
+    mode it also runs this process's candidacy for the relay."""
 
     def __init__(
         self,
@@ -170,14 +173,25 @@ class InvalidationFeed:
         self.state = state
         self.on_invalidate = on_invalidate
         self.catch_up_window_s = catch_up_window_s
+        self.relay = (
+            Relay(store, settings, window_s=catch_up_window_s) if settings.mode == "relay" else None
+        )
         self._listener: Listener | None = None
         self._connected_once = False
-        # Every announcement of the transactions ``_safe`` sees has been applied here;
-        # ``_last`` (the latest round trip's) becomes safe once a later round trip answers.
+        # Every announcement of the transactions ``_safe`` sees has been applied here. Notify
+        # mode: ``_last`` (the latest round trip's) becomes safe once a later round trip
+        # answers. Relay mode: each batch's position becomes safe as it arrives.
         self._safe: Position | None = None
         self._last: Position | None = None
+        # Relay mode, owned by the message callback and the feed's task: when the last batch
+        # came (loop time), whether the relay is quiet, and the safe position when it went so.
+        self._heard: float | None = None
+        self._quiet = False
+        self._gap_from: Position | None = None
+        self._next_check = 0.0
         self._task: asyncio.Task[None] | None = None
-        self._lost = asyncio.Event()
+        self._dropped = False
+        self._wake = asyncio.Event()
 
     def announce(self, namespace: str, key: str, seq: int) -> None:
         """Apply an announcement, from the feed or from this process's own write."""
@@ -186,19 +200,30 @@ class InvalidationFeed:
 
     def _on_message(self, payload: str) -> None:
         try:
-            seq, sent_ms, namespace, key = payload.split("\t", 3)
-            self.announce(namespace, key, int(seq))
+            batch = decode(payload)
         except ValueError:
             log.warning("malformed invalidation payload ignored")
             return
-        FEED_LAG.observe(max(0.0, (now_ms() - int(sent_ms)) / 1000))
+        received_ms = now_ms()
+        for row in batch.rows:
+            self.announce(row.namespace, row.key, row.seq)
+            FEED_LAG.observe(max(0.0, (received_ms - row.created_ms) / 1000))
+        if batch.relayed and self.relay is not None:
+            self._heard = asyncio.get_running_loop().time()
+            if batch.position is not None:
+                self._safe = batch.position
+            if self._quiet:
+                self._wake.set()
 
     def _on_lost(self) -> None:
         self.state.lost()
-        self._lost.set()
+        self._dropped = True
+        self._wake.set()
 
     async def start(self) -> None:
         FEED_UP.set(0)
+        if self.relay is not None:
+            await self.relay.start()
         with contextlib.suppress(StoreError):
             await self._connect()
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -206,13 +231,15 @@ class InvalidationFeed:
     async def aclose(self) -> None:
         await tasks.stop(self._task)
         self._task = None
+        if self.relay is not None:
+            await self.relay.aclose()
         await self._drop_listener()
 
     def _deadline(self) -> float:
         return asyncio.get_running_loop().time() + max(1.0, self.settings.check_interval_s)
 
     async def _connect(self) -> None:
-        self._lost.clear()
+        self._dropped = False
         self._listener = await self.store.listen(
             self.settings.channel,
             on_message=self._on_message,
@@ -221,8 +248,12 @@ class InvalidationFeed:
         )
         # Listening now: a transaction this snapshot does not see will be announced here.
         here = await self._listener.position(deadline=self._deadline())
+        if self._quiet:
+            self._safe = self._gap_from
         caught_up = await self._catch_up(here)
         self._safe = self._last = here
+        self._quiet, self._gap_from = False, None
+        self._heard = asyncio.get_running_loop().time()
         self._connected_once = True
         self.state.restored(caught_up=caught_up)
         log.info(
@@ -230,8 +261,12 @@ class InvalidationFeed:
         )
 
     async def _catch_up(self, here: Position) -> bool:
-        """Apply what was committed since the last safe position; False when that cannot be
-        known (no safe position, rows no longer kept, more than the catch-up limit)."""
+        """Apply what was committed since the last safe position (see ``_catch_up_from``)."""
+        return await self._catch_up_from(self._safe, here)
+
+    async def _catch_up_from(self, safe: Position | None, here: Position) -> bool:
+        """Apply what was committed since ``safe``; False when that cannot be known (no safe
+        position, rows no longer kept, more than the catch-up limit)."""
         if not self._connected_once:
             # A process that just started holds no copies; it learns the recent writes too.
             try:
@@ -242,7 +277,6 @@ class InvalidationFeed:
             except StoreError:
                 return False
             return self._apply(rows)
-        safe = self._safe
         if safe is None or here.at - safe.at > self.catch_up_window_s - CATCH_UP_MARGIN_S:
             return False
         try:
@@ -263,19 +297,31 @@ class InvalidationFeed:
         if listener is not None:
             await listener.aclose()
 
+    def _tick_s(self) -> float:
+        if self.relay is None:
+            return self.settings.check_interval_s
+        return min(self.settings.check_interval_s, self.settings.relay_lost_after_ms / 4000)
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.check_interval_s):
-                    await self._lost.wait()
+                async with asyncio.timeout(self._tick_s()):
+                    await self._wake.wait()
+            self._wake.clear()
             try:
-                if self._listener is None or not self._listener.alive or self._lost.is_set():
+                if self._listener is None or not self._listener.alive or self._dropped:
                     self.state.lost()
                     await self._drop_listener()
                     await self._connect()
-                else:
+                elif self.relay is None:
                     position = await self._listener.position(deadline=self._deadline())
                     self._safe, self._last = self._last, position
+                else:
+                    if loop.time() >= self._next_check:  # the connection is alive
+                        await self._listener.position(deadline=self._deadline())
+                        self._next_check = loop.time() + self.settings.check_interval_s
+                    await self._watch_relay(self._listener)
             except StoreError as exc:
                 if self.state.up:
                     log.warning("invalidation feed lost: %s", exc)
@@ -285,3 +331,24 @@ class InvalidationFeed:
                 log.exception("invalidation feed check failed")
                 self.state.lost()
                 await self._drop_listener()
+
+    async def _watch_relay(self, listener: Listener) -> None:
+        """Relay mode: copies stop being trusted while no batch comes, and are trusted again
+        once batches come and the gap has been caught up."""
+        if self._heard is None:
+            return
+        silent_s = asyncio.get_running_loop().time() - self._heard
+        lost_after_s = self.settings.relay_lost_after_ms / 1000
+        if not self._quiet:
+            if silent_s > lost_after_s:
+                if self.state.up:
+                    log.warning("no feed relay for %.1f s: local copies are stale-only", silent_s)
+                self._quiet, self._gap_from = True, self._safe
+                self.state.lost()
+            return
+        if silent_s <= lost_after_s:
+            here = await listener.position(deadline=self._deadline())
+            caught_up = await self._catch_up_from(self._gap_from, here)
+            self._quiet, self._gap_from = False, None
+            self.state.restored(caught_up=caught_up)
+            log.info("feed relay back (caught up: %s)", caught_up)

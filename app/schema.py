@@ -66,6 +66,16 @@ cache_outbox = sa.Table(
     ),
 )
 
+# The relay's last announced position (one row; ``alembic/versions/0006_feed_relay.py``).
+cache_feed_relay = sa.Table(
+    "cache_feed_relay",
+    metadata,
+    sa.Column("id", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("snapshot", sa.Text, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.CheckConstraint("id = 1", name="cache_feed_relay_one_row"),
+)
+
 version_sequence = sa.Sequence("entry_version_seq", metadata=metadata)
 
 api_keys = sa.Table(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -90,6 +90,17 @@ class PostgresSettings(BaseModel):
     pool_min_size: int = Field(default=2, ge=0, le=100)
     pool_max_size: int = Field(default=10, ge=1, le=200)
     connect_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    # Whether writes keep the per-row NOTIFY: copied from ``feed.mode`` by ``Settings`` (not a
+    # variable of its own, so the two cannot disagree), and a ``Store`` built from ``settings.pg``
+    # alone writes as the gateway does. Off unless the feed is in notify mode.
+    _feed_notify: bool = PrivateAttr(default=False)
+
+    @property
+    def feed_notify(self) -> bool:
+        return self._feed_notify
+
+    def follow_feed_mode(self, mode: Literal["relay", "notify"]) -> None:
+        self._feed_notify = mode == "notify"
 
     @model_validator(mode="after")
     def _pool_sizes(self) -> PostgresSettings:
@@ -169,10 +180,41 @@ class LocalSettings(BaseModel):
 
 
 class FeedSettings(BaseModel):
-    """The invalidation feed (Postgres LISTEN/NOTIFY)."""
+    """The invalidation feed (Postgres LISTEN/NOTIFY; ``app/feed.py``, ``app/relay.py``)."""
 
     channel: str = Field(default="cachegw_invalidation", pattern=r"^[a-z_][a-z0-9_]*$")
     check_interval_s: float = Field(default=1.0, gt=0, le=60)
+    mode: Literal["relay", "notify"] = Field(
+        default="relay",
+        description="relay: writes send no NOTIFY, one elected process announces committed "
+        "outbox rows in batches; notify: a NOTIFY from every write's transaction (each such "
+        "commit takes Postgres's instance-wide notify lock).",
+    )
+    relay_check_s: float = Field(
+        default=0.5, gt=0, le=60, description="How often a process tries to become the relay."
+    )
+    relay_interval_ms: int = Field(
+        default=5, ge=1, le=10_000, description="The relay's pause between two outbox reads."
+    )
+    relay_heartbeat_ms: int = Field(
+        default=200, ge=1, le=60_000, description="Longest silence of the relay with no writes."
+    )
+    relay_lost_after_ms: int = Field(
+        default=1000,
+        ge=1,
+        le=600_000,
+        description="Without a relay message for this long, local copies become stale-only.",
+    )
+
+    @model_validator(mode="after")
+    def _relay_times(self) -> FeedSettings:
+        if self.relay_lost_after_ms < 2 * max(self.relay_heartbeat_ms, self.relay_interval_ms):
+            raise ValueError(
+                "relay_lost_after_ms must be at least two relay heartbeats: a quiet relay would "
+                "otherwise count as lost"
+            )
+        return self
+
     versions_max_keys: int = Field(default=200_000, ge=1, le=10_000_000)
     versions_ttl_s: float = Field(
         default=120.0, gt=0, le=86400, description="How long the newest seq of a key is kept."
@@ -277,6 +319,11 @@ class Settings(BaseSettings):
     trace_keys_plainly: bool = Field(
         default=False, description="Put keys in span attributes as they are, not as hashes."
     )
+
+    @model_validator(mode="after")
+    def _writes_follow_feed_mode(self) -> Settings:
+        self.pg.follow_feed_mode(self.feed.mode)
+        return self
 
     @model_validator(mode="after")
     def _local_age(self) -> Settings:

@@ -87,6 +87,36 @@ SELECT DISTINCT ON (namespace, key) id, namespace, key, seq FROM cache_outbox
  LIMIT $2
 """
 SQL_POSITION = "SELECT pg_current_snapshot()::text, extract(epoch FROM now())::float8"
+# The relay's read: one statement, so the snapshot it answers is the one its rows were read in
+# (``pg_current_snapshot`` is the statement's snapshot): every row of a transaction that snapshot
+# sees and ``$1`` does not is among them. The newest row per key, from the key after ($2, $3)
+# (a page), with its creation time (ms): one row with the position alone when there is none.
+_RELAY_READ = """
+SELECT s.snapshot, s.at, m.namespace, m.key, m.seq, m.created_ms
+  FROM (SELECT pg_current_snapshot()::text AS snapshot,
+               extract(epoch FROM now())::float8 AS at) s
+  LEFT JOIN LATERAL (
+    SELECT DISTINCT ON (namespace, key) namespace, key, seq,
+           (extract(epoch FROM created_at) * 1000)::bigint AS created_ms
+      FROM cache_outbox
+     WHERE {since} AND ($2::text IS NULL OR (namespace, key) > ($2::text, $3::text))
+     ORDER BY namespace, key, seq DESC
+     LIMIT $4) m ON true
+ ORDER BY m.namespace, m.key
+"""
+SQL_RELAY_READ = _RELAY_READ.format(
+    since="xid >= pg_snapshot_xmin($1::text::pg_snapshot)"
+    " AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot)"
+)
+# A first relay (no position recorded): what was written within the outbox's retention.
+SQL_RELAY_READ_RECENT = _RELAY_READ.format(
+    since="created_at >= now() - $1::float8 * interval '1 second'"
+)
+SQL_RELAY_PERSISTED = (
+    "SELECT snapshot, extract(epoch FROM at)::float8 FROM cache_feed_relay WHERE id = 1"
+)
+SQL_RELAY_PUBLISH = "SELECT cachegw_feed_publish($1, $2::text[], $3, $4)"
+SQL_TRY_LOCK = "SELECT pg_try_advisory_lock($1)"
 # Now, and the creation time of the oldest row whose cache update has not reached Redis (now, if
 # none): what a primary's marker records.
 SQL_MARK_TIMES = """
@@ -191,7 +221,8 @@ def _outcome(error: StoreError) -> Literal["timeout", "error"]:
 async def _no_reset(_conn: object) -> None:
     """asyncpg's reset on release is a round trip (``RESET ALL``, ``UNLISTEN *``, ...) that the
     gateway does not need: its pool connections keep no session state (listening is done on a
-    connection of its own). asyncpg still rolls back a transaction left open."""
+    connection of its own; the startup settings, ``cachegw.feed_notify`` among them, are the
+    session's defaults, which a reset keeps). asyncpg still rolls back a transaction left open."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +246,17 @@ class Position:
 
     snapshot: str
     at: float  # Postgres's clock, seconds since the epoch
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRow:
+    """An announcement: a key's newest seq, and when its outbox row was written (ms, the store's
+    clock at the start of the writing transaction)."""
+
+    namespace: str
+    key: str
+    seq: int
+    created_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,13 +297,7 @@ class Store:
                         timeout=self.settings.connect_timeout_s,
                         command_timeout=None,
                         reset=_no_reset,
-                        # No statement (a write is one) outlives its client's interest for long:
-                        # the recovery's replay margin counts on it.
-                        server_settings={
-                            "statement_timeout": str(STATEMENT_TIMEOUT_MS),
-                            "lock_timeout": str(STATEMENT_TIMEOUT_MS),
-                            "idle_in_transaction_session_timeout": str(STATEMENT_TIMEOUT_MS),
-                        },
+                        server_settings=self._pool_settings(),
                     )
                 break
             except StoreUnavailableError:
@@ -271,6 +307,20 @@ class Store:
             await self.ping(
                 deadline=asyncio.get_running_loop().time() + self.settings.connect_timeout_s
             )
+
+    def _pool_settings(self) -> dict[str, str]:
+        # No statement (a write is one) outlives its client's interest for long: the recovery's
+        # replay margin counts on it.
+        settings = {
+            "statement_timeout": str(STATEMENT_TIMEOUT_MS),
+            "lock_timeout": str(STATEMENT_TIMEOUT_MS),
+            "idle_in_transaction_session_timeout": str(STATEMENT_TIMEOUT_MS),
+        }
+        if not self.settings.feed_notify:
+            # The outbox trigger skips its NOTIFY (migration 0006): the relay announces the
+            # row, and the commit takes no instance-wide notify lock.
+            settings["cachegw.feed_notify"] = "off"
+        return settings
 
     def ssl(self) -> ssl_module.SSLContext | Literal["disable", "prefer", "require"]:
         """asyncpg's ``ssl`` argument for the settings (libpq's sslmode semantics)."""
@@ -449,6 +499,26 @@ class Store:
                 await conn.add_listener(channel, lambda _c, _pid, _ch, payload: on_message(payload))
         conn.add_termination_listener(lambda _c: on_lost())
         return Listener(conn)
+
+    async def relay_session(self, *, idle_timeout_s: float, deadline: float) -> RelaySession:
+        """A connection of its own for the feed relay (``app/relay.py``). Postgres ends it after
+        ``idle_timeout_s`` without a statement, and probes its peer: a relay cut off from the
+        store loses its advisory lock within seconds, and another process takes over."""
+        dsn = self.settings.dsn.get_secret_value()
+        with map_asyncpg_errors("relay: connect"):
+            async with asyncio.timeout_at(deadline):
+                conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(
+                    dsn, ssl=self.ssl(), server_settings={
+                        "application_name": "cachegw-relay",
+                        "statement_timeout": str(STATEMENT_TIMEOUT_MS),
+                        "idle_in_transaction_session_timeout": str(STATEMENT_TIMEOUT_MS),
+                        "idle_session_timeout": str(int(idle_timeout_s * 1000)),
+                        "tcp_keepalives_idle": "5",
+                        "tcp_keepalives_interval": "1",
+                        "tcp_keepalives_count": "3",
+                    },
+                )  # fmt: skip
+        return RelaySession(conn)
 
     async def get(
         self, namespace: str, key: str, *, deadline: float, background: bool = False
@@ -685,8 +755,9 @@ class Listener:
         """A round trip on the listening connection (the only way to notice it died quietly),
         answering where the store's commit order stands now.
 
-        Every transaction the answer's snapshot sees committed before it, so its announcement
-        is on this connection ahead of the answer to the next round trip.
+        Every transaction the answer's snapshot sees committed before it, so in notify mode
+        (each writer sends its NOTIFY) its announcement is on this connection ahead of the
+        answer to the next round trip. In relay mode it only proves the connection alive.
         """
         with map_asyncpg_errors("listener"):
             async with asyncio.timeout_at(deadline):
@@ -698,6 +769,76 @@ class Listener:
     async def aclose(self) -> None:
         try:
             with map_asyncpg_errors("listener: close"):
+                await asyncio.wait_for(self._conn.close(), timeout=2)
+        except StoreUnavailableError:
+            self._conn.terminate()
+
+
+class RelaySession:
+    """The relay's connection: the advisory lock that elects the relay is this session's, and
+    the relay reads and publishes on it, so a relay whose session is gone (and whose lock
+    another process may hold) cannot publish. Made by ``Store.relay_session``."""
+
+    def __init__(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
+        self._conn = conn
+
+    @property
+    def alive(self) -> bool:
+        return not self._conn.is_closed()
+
+    async def try_lock(self, key: int, *, deadline: float) -> bool:
+        """Take the session-level advisory lock ``key`` if free (or already ours)."""
+        with map_asyncpg_errors("relay: lock"):
+            async with asyncio.timeout_at(deadline):
+                return bool(await self._conn.fetchval(SQL_TRY_LOCK, key))
+
+    async def persisted(self, *, deadline: float) -> Position | None:
+        """The last position a relay announced, if any."""
+        with map_asyncpg_errors("relay: position"):
+            async with asyncio.timeout_at(deadline):
+                row = await self._conn.fetchrow(SQL_RELAY_PERSISTED)
+        return None if row is None else Position(snapshot=row[0], at=row[1])
+
+    async def read(
+        self,
+        since: Position | None,
+        *,
+        after: tuple[str, str] | None,
+        within_s: float,
+        limit: int,
+        deadline: float,
+    ) -> tuple[Position, list[FeedRow]]:
+        """Where the commit order stands, and the newest row per key (from the key ``after``)
+        of the transactions it sees and ``since`` does not (``None``: those written within
+        ``within_s``)."""
+        sql, first = (
+            (SQL_RELAY_READ_RECENT, within_s) if since is None else (SQL_RELAY_READ, since.snapshot)
+        )
+        after_ns, after_key = after if after is not None else (None, None)
+        with map_asyncpg_errors("relay: read"):
+            async with asyncio.timeout_at(deadline):
+                records = await self._conn.fetch(sql, first, after_ns, after_key, limit)
+        if not records:
+            raise StoreUnavailableError("relay: no answer to the read")
+        here = Position(snapshot=records[0][0], at=records[0][1])
+        return here, [FeedRow(r[2], r[3], r[4], r[5]) for r in records if r[2] is not None]
+
+    async def publish(
+        self, channel: str, payloads: list[str], position: Position | None, *, deadline: float
+    ) -> None:
+        """The payloads, in order, in one transaction; ``position`` recorded with them."""
+        snapshot, at = (None, None) if position is None else (position.snapshot, position.at)
+        with map_asyncpg_errors("relay: publish"):
+            async with asyncio.timeout_at(deadline):
+                await self._conn.execute(SQL_RELAY_PUBLISH, channel, payloads, snapshot, at)
+
+    def abort(self) -> None:
+        """Close at once (after a failure: the connection's state is not known)."""
+        self._conn.terminate()
+
+    async def aclose(self) -> None:
+        try:
+            with map_asyncpg_errors("relay: close"):
                 await asyncio.wait_for(self._conn.close(), timeout=2)
         except StoreUnavailableError:
             self._conn.terminate()

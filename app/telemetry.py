@@ -78,13 +78,25 @@ PRIMARY_REPAIR_KEYS = Counter(
 )
 FEED_LAG = Histogram(
     "cachegw_invalidation_feed_lag_seconds",
-    "From a write's commit (its NOTIFY) to this process receiving it",
+    "From a write to this process applying its announcement (notify mode: from the NOTIFY "
+    "trigger's clock; relay mode: from the outbox row's created_at, the writing transaction's "
+    "start), on the store's clock",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 FEED_UP = Gauge(
     "cachegw_invalidation_feed_up", "1 while every process receives the feed",
     multiprocess_mode="min",
 )  # fmt: skip
+FEED_RELAY = Gauge(
+    "cachegw_feed_relay", "1 while this process is the feed relay (relay mode)",
+    multiprocess_mode="livesum",
+)  # fmt: skip
+FEED_RELAY_MESSAGES = Counter(
+    "cachegw_feed_relay_messages_total", "Batches (NOTIFY payloads) the relay published"
+)
+FEED_RELAY_ROWS = Counter(
+    "cachegw_feed_relay_rows_total", "Outbox rows (newest per key) the relay announced"
+)
 COALESCED = Counter(
     "cachegw_coalesced_waits_total", "Requests that joined a load already in flight", ["kind"]
 )

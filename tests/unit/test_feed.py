@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import cast
+import asyncio
+from typing import Literal, cast
 
+from app.announce import encode
 from app.feed import FeedState, InvalidationFeed, VersionMap
 from app.settings import FeedSettings
-from app.store import OutboxRow, Position, Store
+from app.store import FeedRow, Listener, OutboxRow, Position, Store
 from tests.unit.fakes import FakeClock
 
 
@@ -81,10 +83,12 @@ class MissedStore:
         return []
 
 
-def feed_over(store: MissedStore) -> tuple[InvalidationFeed, VersionMap]:
+def feed_over(
+    store: MissedStore, *, mode: Literal["relay", "notify"] = "relay"
+) -> tuple[InvalidationFeed, VersionMap]:
     versions = VersionMap(max_keys=100, ttl_s=60)
     feed = InvalidationFeed(
-        cast(Store, store), FeedSettings(), versions=versions, state=FeedState(),
+        cast(Store, store), FeedSettings(mode=mode), versions=versions, state=FeedState(),
         on_invalidate=lambda namespace, key, seq: None, catch_up_window_s=120,
     )  # fmt: skip
     return feed, versions
@@ -109,3 +113,55 @@ async def test_catch_up_is_not_caught_up_when_rows_may_be_gone_or_too_many() -> 
     assert store.asked == []
     feed._safe = None  # never had a safe position
     assert await feed._catch_up(Position("20:20:", at=1001.0)) is False
+
+
+class QuietListener:
+    """The listening connection as the relay watch sees it: alive, answering a position."""
+
+    def __init__(self, here: Position) -> None:
+        self.here = here
+
+    async def position(self, *, deadline: float) -> Position:
+        return self.here
+
+
+async def test_relay_mode_a_batch_position_is_safe_a_quiet_relay_is_lost_then_caught_up() -> None:
+    first, later = Position("10:12:", at=1000.0), Position("30:30:", at=1002.0)
+    store = MissedStore({"10:12:": [OutboxRow(9, "ns", "missed", 50)]})
+    versions = VersionMap(max_keys=100, ttl_s=60)
+    feed = InvalidationFeed(
+        cast(Store, store), FeedSettings(mode="relay"), versions=versions, state=FeedState(),
+        on_invalidate=lambda namespace, key, seq: None, catch_up_window_s=120,
+    )  # fmt: skip
+    loop = asyncio.get_running_loop()
+    feed._connected_once = True
+    feed._heard = loop.time()
+    feed.state.restored(caught_up=True)
+    generation = feed.state.generation
+    [payload] = encode([FeedRow("ns", "k", 42, 0)], position=first, before=None)
+    feed._on_message(payload)
+    assert versions.newest("ns", "k") == 42
+    assert feed._safe == first
+    listener = cast(Listener, QuietListener(Position("40:40:", at=1003.0)))
+    await feed._watch_relay(listener)
+    assert feed.state.up  # heard just now
+    feed._heard = loop.time() - 2 * feed.settings.relay_lost_after_ms / 1000
+    await feed._watch_relay(listener)
+    assert not feed.state.up  # no batch, no heartbeat: copies are stale-only
+    [heartbeat] = encode([], position=later, before=first)
+    feed._on_message(heartbeat)  # the relay is back
+    assert feed._safe == later
+    await feed._watch_relay(listener)
+    assert store.asked == ["10:12:"]  # from the safe position when it went quiet
+    assert versions.newest("ns", "missed") == 50
+    assert feed.state.up
+    assert feed.state.generation == generation
+
+
+async def test_notify_mode_ignores_the_position_of_a_relay_batch() -> None:
+    store = MissedStore({})
+    feed, versions = feed_over(store, mode="notify")
+    [payload] = encode([FeedRow("ns", "k", 7, 0)], position=Position("5:5:", at=1.0), before=None)
+    feed._on_message(payload)
+    assert versions.newest("ns", "k") == 7  # applied: a relay of a mixed fleet sent it
+    assert feed._safe is None  # but its writers' round trips, not the batch, say what is safe

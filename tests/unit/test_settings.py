@@ -45,3 +45,18 @@ def test_bad_values_fail_naming_the_setting(
 
 def test_ipv6_nodes() -> None:
     assert parse_nodes("[::1]:7000") == [("::1", 7000)]
+
+
+def test_the_feed_defaults_to_relay_and_writes_skip_the_notify_unless_in_notify_mode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings()
+    assert settings.feed.mode == "relay"
+    assert not settings.pg.feed_notify
+    monkeypatch.setenv("CACHEGW_FEED__MODE", "notify")
+    assert Settings().pg.feed_notify
+
+
+def test_a_relay_lost_after_shorter_than_two_heartbeats_is_refused() -> None:
+    with pytest.raises(ValidationError, match="relay_lost_after_ms"):
+        Settings(feed={"relay_heartbeat_ms": 600, "relay_lost_after_ms": 1000})

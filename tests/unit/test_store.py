@@ -56,3 +56,14 @@ def test_what_is_not_the_store_s_passes_through_unchanged(exc: Exception) -> Non
     with pytest.raises(type(exc)) as caught, map_asyncpg_errors("store: get", sent=True):
         raise exc
     assert caught.value is exc
+
+
+def test_pool_sessions_turn_the_outbox_notify_off_in_relay_mode_only() -> None:
+    from app.settings import Settings
+    from app.store import Store
+
+    relay = Store(Settings().pg)._pool_settings()
+    assert relay["cachegw.feed_notify"] == "off"
+    notify = Store(Settings(feed={"mode": "notify"}).pg)._pool_settings()
+    assert "cachegw.feed_notify" not in notify
+    assert notify["statement_timeout"] == relay["statement_timeout"]
