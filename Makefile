@@ -71,7 +71,7 @@ bench-hotpath: install
 bench-failover: install
 	$(BIN)/python -m bench.failover
 
-# The store's write ceiling: 16 writers through Store.put beside 8 processes following the feed,
+# The store's write ceiling: 16 pgbench writers of cachegw_put beside 16 processes following the feed,
 # with the feed off, with a NOTIFY per write, and with the relay, against bare INSERTs (A B C D).
 bench-store: install
 	$(BIN)/python -m bench.store

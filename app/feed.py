@@ -1,8 +1,17 @@
 """The invalidation feed: every write, delete and invalidate of every gateway process.
 
-Each write's transaction inserts an outbox row, and a trigger on that insert sends a Postgres
-NOTIFY, delivered to every listening process when (and only if) the transaction commits. So the
-feed works while the Redis Cluster is down, and it never announces a write that did not happen.
+Each write's transaction inserts an outbox row. The feed announces the rows of committed
+transactions to every listening process over Postgres LISTEN/NOTIFY, so it works while the Redis
+Cluster is down and never announces a write that did not happen. Two modes (``feed.mode``):
+
+* **relay** (the default): writes send nothing. Postgres serialises every notifying commit of
+  the instance behind one lock held through its WAL flush, so a NOTIFY per write caps the whole
+  fleet's writes (``make bench-store``). Instead one process, elected by an advisory lock
+  (``app/relay.py``), reads the rows of transactions committed since its last position every few
+  milliseconds and announces them in batches, each ending with the snapshot it covers; with
+  nothing new it still sends a heartbeat.
+* **notify**: a trigger on the outbox insert sends one NOTIFY from the write's own transaction,
+  delivered when (and only if) it commits.
 
 What a process does with it:
 
@@ -10,19 +19,21 @@ What a process does with it:
   "invalidation timestamps" of a classic cache-aside design). A tier answer older than that is
   not served.
 * ``LocalTier`` drops its copy of the key.
-* ``FeedState`` says whether local copies can be trusted. While the feed is down, copies become
-  stale-only instead of being wiped. On reconnect the feed first listens, then reads the outbox
-  rows it may have missed; if that gap is covered, nothing was missed and copies stay trusted;
-  otherwise their generation is closed for good.
+* ``FeedState`` says whether local copies can be trusted. While the feed is down (the listening
+  connection lost; in relay mode also a relay silent for ``relay_lost_after_ms``), copies become
+  stale-only instead of being wiped. When it is back, the feed reads the outbox rows it may have
+  missed; if that gap is covered, nothing was missed and copies stay trusted; otherwise their
+  generation is closed for good.
 
-Where the gap begins is a position, never a time: every round trip on the listening connection
+Where the gap begins is a position, never a time: a snapshot of the store's commit order. Relay
+mode: every transaction a batch's snapshot sees has been announced once that batch arrived, so
+it is the last *safe* position. Notify mode: every round trip on the listening connection
 returns the store's snapshot, and once the next round trip has answered, every announcement of
 the transactions that snapshot sees has arrived (they travel ahead of the answer on the same
-connection). That snapshot is the last *safe* position. Catch-up reads the outbox rows of the
-transactions it does not see (outbox rows carry their transaction id), so neither the delay in
-noticing a quiet death, nor lock waits, nor clocks can open a hole. The gap is covered when those
-rows are still kept (the safe position is younger than ``outbox.retain_s``) and fewer than the
-catch-up limit.
+connection). Catch-up reads the outbox rows of the transactions the safe position does not see
+(outbox rows carry their transaction id), so neither the delay in noticing a quiet death, nor
+lock waits, nor clocks can open a hole. The gap is covered when those rows are still kept (the
+safe position is younger than ``outbox.retain_s``) and fewer than the catch-up limit.
 """
 
 from __future__ import annotations

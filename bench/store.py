@@ -87,8 +87,8 @@ class Run:
 
 def feed_env(stack: Stack, mode: str) -> dict[str, str]:
     env = {**os.environ, **stack.env(), "PYTHONPATH": str(REPO)}
-    if mode in ("notify", "relay"):
-        env["CACHEGW_FEED__MODE"] = mode
+    # Feed off: the followers only listen (nothing is announced, no relay polls).
+    env["CACHEGW_FEED__MODE"] = "relay" if mode == "relay" else "notify"
     return env
 
 
@@ -277,10 +277,10 @@ async def one(stack: Stack, mode: str, args: argparse.Namespace, work: Path) -> 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--writers", type=int, default=16)
-    parser.add_argument("--followers", type=int, default=8)
+    parser.add_argument("--followers", type=int, default=16)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--pairs", type=int, default=3)
-    parser.add_argument("--modes", default="bare,feed-off,notify")
+    parser.add_argument("--modes", default="bare,feed-off,notify,relay")
     args = parser.parse_args()
     modes = args.modes.split(",")
     report: dict[str, Any] = {
