@@ -118,7 +118,8 @@ def killable_gateway(stack: Stack, log_dir: Path) -> Iterator[tuple[subprocess.P
     base = f"http://127.0.0.1:{port}"
     with (log_dir / f"relay-{port}.log").open("wb") as log:
         proc = subprocess.Popen(
-            [*GATEWAY, "--port", str(port)], cwd=ROOT, env={**os.environ, **stack.env()},
+            [*GATEWAY, "--port", str(port)], cwd=ROOT,
+            env={**os.environ, **stack.env(), "CACHEGW_FEED__MODE": "relay"},
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:

@@ -47,14 +47,14 @@ def test_ipv6_nodes() -> None:
     assert parse_nodes("[::1]:7000") == [("::1", 7000)]
 
 
-def test_the_feed_defaults_to_relay_and_writes_skip_the_notify_unless_in_notify_mode(
+def test_the_feed_defaults_to_notify_and_writes_skip_the_notify_only_in_relay_mode(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = Settings()
-    assert settings.feed.mode == "relay"
-    assert not settings.pg.feed_notify
-    monkeypatch.setenv("CACHEGW_FEED__MODE", "notify")
-    assert Settings().pg.feed_notify
+    assert settings.feed.mode == "notify"
+    assert settings.pg.feed_notify
+    monkeypatch.setenv("CACHEGW_FEED__MODE", "relay")
+    assert not Settings().pg.feed_notify
 
 
 def test_a_relay_lost_after_shorter_than_two_heartbeats_is_refused() -> None:

@@ -62,7 +62,7 @@ def test_pool_sessions_turn_the_outbox_notify_off_in_relay_mode_only() -> None:
     from app.settings import Settings
     from app.store import Store
 
-    relay = Store(Settings().pg)._pool_settings()
+    relay = Store(Settings(feed={"mode": "relay"}).pg)._pool_settings()
     assert relay["cachegw.feed_notify"] == "off"
     notify = Store(Settings(feed={"mode": "notify"}).pg)._pool_settings()
     assert "cachegw.feed_notify" not in notify
