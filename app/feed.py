@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 # A catch-up must begin this much inside the outbox's retention (rows pruned meanwhile).
 CATCH_UP_MARGIN_S = 5.0
 CATCH_UP_LIMIT = 100_000
+HEARD_KEYS = 100_000  # keys whose newest relayed seq is remembered for writers about to wait
 MAX_BROKEN_GENERATIONS = 64
 
 
@@ -203,11 +204,57 @@ class InvalidationFeed:
         self._task: asyncio.Task[None] | None = None
         self._dropped = False
         self._wake = asyncio.Event()
+        # Relay mode, owned by the event loop's callbacks: this process's writes waiting for the
+        # relay to announce them (``announced``), and the newest seq the feed brought per key
+        # lately (an announcement may come before its writer starts waiting).
+        self._awaited: dict[tuple[str, str], list[tuple[int, asyncio.Future[None]]]] = {}
+        self._heard_seq: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     def announce(self, namespace: str, key: str, seq: int) -> None:
         """Apply an announcement, from the feed or from this process's own write."""
         self.versions.note(namespace, key, seq)
         self.on_invalidate(namespace, key, seq)
+
+    async def announced(self, namespace: str, key: str, seq: int, *, deadline: float) -> None:
+        """Relay mode: return once the feed has brought this process the key at ``seq`` or
+        newer, so that a write is acknowledged only when every process can know of it (a NOTIFY
+        from the write's own transaction gives that for free: it is delivered at commit).
+
+        Waits at most ``relay_lost_after_ms`` (by then a silent relay has made every process's
+        local copies stale-only) and never past ``deadline``.
+        """
+        slot = (namespace, key)
+        if self._heard_seq.get(slot, 0) >= seq:
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        waiting = self._awaited.setdefault(slot, [])
+        waiting.append((seq, future))
+        limit = min(deadline, loop.time() + self.settings.relay_lost_after_ms / 1000)
+        try:
+            async with asyncio.timeout_at(limit):
+                await future
+        except TimeoutError:
+            pass
+        finally:
+            waiting = self._awaited.get(slot, [])
+            waiting[:] = [w for w in waiting if w[1] is not future]
+            if not waiting:
+                self._awaited.pop(slot, None)
+
+    def _brought(self, namespace: str, key: str, seq: int) -> None:
+        """The feed brought ``seq`` of the key: wake the writes of it (or older) waiting."""
+        slot = (namespace, key)
+        if self._heard_seq.get(slot, 0) < seq:
+            self._heard_seq[slot] = seq
+            self._heard_seq.move_to_end(slot)
+            if len(self._heard_seq) > HEARD_KEYS:
+                self._heard_seq.popitem(last=False)
+        waiting = self._awaited.get(slot)
+        if waiting:
+            for waited, future in waiting:
+                if waited <= seq and not future.done():
+                    future.set_result(None)
 
     def _on_message(self, payload: str) -> None:
         try:
@@ -216,9 +263,12 @@ class InvalidationFeed:
             log.warning("malformed invalidation payload ignored")
             return
         received_ms = now_ms()
+        relayed = batch.relayed
         for row in batch.rows:
             self.announce(row.namespace, row.key, row.seq)
             FEED_LAG.observe(max(0.0, (received_ms - row.created_ms) / 1000))
+            if relayed:
+                self._brought(row.namespace, row.key, row.seq)
         if batch.relayed and self.relay is not None:
             self._heard = asyncio.get_running_loop().time()
             if batch.position is not None:
@@ -301,6 +351,8 @@ class InvalidationFeed:
     def _apply(self, rows: list[OutboxRow]) -> bool:
         for row in rows:
             self.announce(row.namespace, row.key, row.seq)
+            if self.relay is not None:
+                self._brought(row.namespace, row.key, row.seq)
         return len(rows) < CATCH_UP_LIMIT
 
     async def _drop_listener(self) -> None:

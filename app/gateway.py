@@ -86,6 +86,10 @@ class Gateway:
             watcher=watcher,
             breakers=breakers,
         )
+        if settings.feed.mode == "relay":
+            # A NOTIFY reaches every process at commit; a relay's batch only later: a write is
+            # answered once this process has seen it come back from the relay.
+            router.writes.announced = feed.announced
         return cls(
             settings=settings, slots=slots, watcher=watcher, store=store, local=local,
             feed=feed, outbox=outbox, router=router, breakers=breakers, degraded=degraded,

@@ -83,8 +83,17 @@ class CacheWriter:
         return result
 
 
+class Announced(Protocol):
+    """Relay mode: wait until the feed brought this process its own write (``app/feed.py``)."""
+
+    async def __call__(self, namespace: str, key: str, seq: int, *, deadline: float) -> None: ...
+
+
 class Writes:
-    """PUT, DELETE and invalidate of a key: durable first, then the caches."""
+    """PUT, DELETE and invalidate of a key: durable first, then the caches; in relay mode, also
+    announced to the fleet before the answer (``announced``, set by the gateway)."""
+
+    announced: Announced | None = None
 
     def __init__(
         self,
@@ -132,6 +141,8 @@ class Writes:
         self.caches.versions.note(ref.namespace, ref.key, result.seq)
         self.caches.keep_local(ref, entry)
         await self._apply(ref, entry, result.outbox_id)
+        if self.announced is not None:
+            await self.announced(ref.namespace, ref.key, result.seq, deadline=deadline)
         return result
 
     async def delete(
@@ -147,7 +158,7 @@ class Writes:
             if if_exists:
                 raise StoreConflictError("If-Match: * and no current entry", current_version=None)
             raise KeyNotFoundError(ref.key)
-        await self._remove(ref, result)
+        await self._remove(ref, result, deadline=deadline)
         return result
 
     async def invalidate(self, ref: KeyRef) -> RemoveResult:
@@ -156,14 +167,16 @@ class Writes:
         result = await self.store.invalidate(ref.namespace, ref.key, deadline=deadline)
         if result is None:
             raise KeyNotFoundError(ref.key)
-        await self._remove(ref, result)
+        await self._remove(ref, result, deadline=deadline)
         return result
 
-    async def _remove(self, ref: KeyRef, result: RemoveResult) -> None:
+    async def _remove(self, ref: KeyRef, result: RemoveResult, *, deadline: float) -> None:
         self.caches.versions.note(ref.namespace, ref.key, result.seq)
         if self.caches.local is not None:
             self.caches.local.invalidate(ref.namespace, ref.key, result.seq)
         await self._apply(ref, Tombstone(result.seq), result.outbox_id)
+        if self.announced is not None:
+            await self.announced(ref.namespace, ref.key, result.seq, deadline=deadline)
 
     async def _apply(self, ref: KeyRef, record: Entry | Tombstone, outbox_id: int) -> None:
         caches = self.caches

@@ -165,3 +165,41 @@ async def test_notify_mode_ignores_the_position_of_a_relay_batch() -> None:
     feed._on_message(payload)
     assert versions.newest("ns", "k") == 7  # applied: a relay of a mixed fleet sent it
     assert feed._safe is None  # but its writers' round trips, not the batch, say what is safe
+
+
+async def test_a_write_in_relay_mode_waits_for_the_relay_to_bring_it_back() -> None:
+    """Acknowledged only once announced: what a NOTIFY at commit gives notify mode for free."""
+    feed, _ = feed_over(MissedStore({}))
+    loop = asyncio.get_running_loop()
+    waiting = loop.create_task(feed.announced("ns", "k", 42, deadline=loop.time() + 5))
+    await asyncio.sleep(0)
+    [older] = encode([FeedRow("ns", "k", 41, 0)], position=None, before=None)
+    feed._on_message(older)
+    await asyncio.sleep(0)
+    assert not waiting.done()  # an older write of the key is not this one
+    [payload] = encode([FeedRow("ns", "k", 43, 0)], position=None, before=None)
+    feed._on_message(payload)  # newest per key: 43 covers 42
+    await asyncio.wait_for(waiting, 1)
+    assert feed._awaited == {}
+
+
+async def test_an_announcement_that_came_first_is_not_waited_for() -> None:
+    feed, _ = feed_over(MissedStore({}))
+    [payload] = encode([FeedRow("ns", "k", 42, 0)], position=None, before=None)
+    feed._on_message(payload)
+    loop = asyncio.get_running_loop()
+    await asyncio.wait_for(feed.announced("ns", "k", 42, deadline=loop.time() + 5), 0.1)
+
+
+async def test_with_no_relay_a_write_waits_no_longer_than_the_feed_takes_to_count_as_lost() -> None:
+    versions = VersionMap(max_keys=100, ttl_s=60)
+    settings = FeedSettings(mode="relay", relay_heartbeat_ms=10, relay_lost_after_ms=50)
+    feed = InvalidationFeed(
+        cast(Store, MissedStore({})), settings, versions=versions, state=FeedState(),
+        on_invalidate=lambda namespace, key, seq: None, catch_up_window_s=120,
+    )  # fmt: skip
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await feed.announced("ns", "k", 42, deadline=started + 5)
+    assert 0.04 <= loop.time() - started < 3.0  # bounded by relay_lost_after_ms, not the deadline
+    assert feed._awaited == {}
