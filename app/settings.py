@@ -190,7 +190,7 @@ class FeedSettings(BaseModel):
         "is acknowledged (each such commit takes Postgres's instance-wide notify lock); relay: "
         "writes send no NOTIFY and one elected process announces committed outbox rows in "
         "batches (2.7 times the write ceiling); a write is answered once the relay brought it "
-        "back, the relay's delay later (about 8 ms at p50, 30 ms at p99; README).",
+        "back, the relay's delay later (a PUT measured 5.9 ms at p50 against 2.7 ms; README).",
     )
     relay_check_s: float = Field(
         default=0.5, gt=0, le=60, description="How often a process tries to become the relay."
