@@ -23,6 +23,7 @@ from devstack import Stack
 from devstack.ports import find_free_port
 from devstack.serving import GATEWAY, ROOT
 from tests.integration.conftest import auth_headers, gateway_client, settings_for
+from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.test_api_keys import new_key
 
 Mode = Literal["relay", "notify"]
@@ -201,3 +202,47 @@ async def test_a_relay_killed_under_writes_is_replaced_and_no_write_is_missed(
                   f"({time.monotonic() - killed:.1f} s ago), {len(newest)} keys, "
                   f"feeds stayed up: {stayed_up}")  # fmt: skip
             assert all(g.feed.state.up for _, g in pairs)
+
+
+async def test_a_relay_cut_off_by_the_network_is_replaced_once_postgres_ends_its_session(
+    stack: Stack, pg_proxy: TcpProxy
+) -> None:
+    """The relay's packets vanish (its socket stays open, so Postgres sees no close): its lock is
+    held until Postgres ends the silent session, then another process leads, and no write made
+    meanwhile is missed by the processes that can still reach the store."""
+    prefix = new_key("cut-relay")
+    dsn = pg_proxy.dsn(stack.pg_dsn, stack.config.pg_port)
+    cut_off = settings_for(stack, pg={"dsn": dsn}, feed={"mode": "relay"})
+    async with gateway_client(cut_off) as (_, relay_gateway):
+        await wait_for(
+            lambda: relay_gateway.feed.relay is not None and relay_gateway.feed.relay.leading,
+            timeout_s=10, what="the process behind the proxy never led",
+        )  # fmt: skip
+        async with gateways(stack, 2) as pairs:
+            assert relays(pairs) == []
+            writer = pairs[0][0]
+            written: dict[str, int] = {}
+            pg_proxy.blackhole = True  # from here on, nothing it sends arrives, nor any answer
+            cut = time.monotonic()
+            took = 0.0
+            for i in range(2_000):  # writes go on; each waits at most relay_lost_after_ms
+                key = f"{prefix}-{i % 20}"
+                written[key] = await put(writer, key, f"{i}".encode())
+                if relays(pairs):
+                    took = time.monotonic() - cut
+                    break
+                assert time.monotonic() - cut < 30, "no process took over within 30 s"
+            assert took > 0
+            for i in range(40):  # and some more under the new relay
+                key = f"{prefix}-{i % 20}"
+                written[key] = await put(writer, key, f"after-{i}".encode())
+            await asyncio.sleep(1.0)  # what is on its way arrives
+            for index, (_, gateway) in enumerate(pairs):
+                behind = {
+                    key: seq for key, seq in written.items()
+                    if (gateway.feed.versions.newest("default", key) or 0) < seq
+                }  # fmt: skip
+                assert behind == {}, (index, behind)
+            assert all(g.feed.state.up for _, g in pairs)
+            print(f"takeover {took:.1f} s after the relay was cut off")
+        pg_proxy.blackhole = False
