@@ -12,6 +12,7 @@ Saved: ``bench/results/hotpath-<date>.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -48,12 +49,10 @@ def main() -> int:
     with bench_stack() as stack, tempfile.TemporaryDirectory(prefix="cachegw-hot-") as tmp:
         env = {**stack.env(), "CACHEGW_API_KEY": create_api_key(stack)}
         targets: dict[str, Path | None] = {"gateway": None}
-        if args.baseline:
-            report["baseline"] = args.baseline
-            targets["baseline"] = Path(tmp)  # replaced below by the checkout
-        with checkout(args.baseline, Path(tmp)) if args.baseline else _nothing() as source:
-            if source is not None:
-                targets["baseline"] = source
+        with contextlib.ExitStack() as exits:
+            if args.baseline:
+                report["baseline"] = args.baseline
+                targets["baseline"] = exits.enter_context(checkout(args.baseline, Path(tmp)))
             for pair in range(args.pairs):
                 results = {name: run_worker(src, env, args) for name, src in targets.items()}
                 report["runs"].append(results)
@@ -77,14 +76,6 @@ def main() -> int:
     path.write_text(json.dumps(report, indent=1))
     print(f"saved bench/results/{path.name}")
     return 0
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: object) -> None:
-        return None
 
 
 if __name__ == "__main__":

@@ -106,17 +106,12 @@ async def _answer(scope: Scope, receive: Receive, route: str) -> handlers.Answer
         if method == "POST":
             return await handlers.invalidate(gateway, scope)
         return http_error(405, instance=scope["path"], headers={"Allow": "POST"})
-    if route_of_first_segment(scope["path"]):
+    rest = scope["path"][len(PREFIX) :]
+    if rest and not rest.startswith("/"):
         # A key with an encoded '/' lands here: it gets its invalid-key problem, not a 404.
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         key_from_raw_path(raw_path, max_bytes=gateway.settings.limits.max_key_bytes)
     return http_error(404, instance=scope["path"])
-
-
-def route_of_first_segment(path: str) -> bool:
-    """True when the path has a non-empty first segment after the prefix."""
-    rest = path[len(PREFIX) :]
-    return bool(rest) and not rest.startswith("/")
 
 
 async def serve(scope: Scope, receive: Receive, send: Send) -> None:
