@@ -9,7 +9,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: help install system-deps system-deps-test run serve down status test check lint fmt lock \
 	clean \
-	bench bench-hotpath bench-store bench-failover bench-versions bench-outbox soak
+	bench bench-hotpath bench-store bench-ratelimit bench-fleet bench-failover bench-versions bench-outbox \
+	bench-partition bench-batch \
+	soak
 
 help:
 	@echo "make run    install, start the local stack, migrate, serve on http://127.0.0.1:$(PORT)"
@@ -20,6 +22,8 @@ help:
 	@echo "make bench-hotpath    CPU per GET hit in process (BASELINE=<commit>: A/B against it)"
 	@echo "make bench-failover   a primary killed under load: gateway vs a naive proxy"
 	@echo "make bench-store      write commits/s with the feed on and off, against bare INSERTs"
+	@echo "make bench-fleet      read hits through HAProxy with one, two and three gateways"
+	@echo "make bench-ratelimit  one key's rate through three gateways: shared bucket vs per process"
 	@echo "make bench-versions   the version map: cost per note, memory per key, loop stalls"
 	@echo "make bench-outbox     300 PUT/s for 60 s: does the outbox stay bounded?"
 	@echo "make soak             10 minutes (SOAK_S) of writes, reads and a fault a minute, checked"
@@ -59,7 +63,7 @@ test: system-deps-test install
 # The gateway beside a naive redis-py proxy on its own stack: throughput scenarios A B A B, the
 # two ceilings, a cold-key stampede, compare-and-set writers.
 # BASELINE=<commit> adds that commit's gateway to every pair (A/B/C), over the same stack.
-bench: install
+bench: install system-deps-test
 	$(BIN)/python -m bench.run $(if $(BASELINE),--baseline $(BASELINE))
 
 # The gateway's own CPU per GET hit, in process (no HTTP server, no client), A/B against
@@ -83,6 +87,24 @@ bench-versions: install
 
 # 300 PUT/s for 60 s through the gateway (k6), the outbox's row count every 5 s against its
 # bound (own stack; exits 1 when the outbox grows past it).
+# One key limited to 50/s (burst 50), offered 300/s through three gateways for 10 s, with the
+# shared bucket and with per-process buckets; exits 1 unless the shared one holds within 10%.
+# Also part of make bench: read hits through HAProxy in front of one, two and three gateways.
+# Network faults in the fault lab (root): a minority primary and its heal, then 50-200 ms and 20%
+# loss on one primary; the gateway beside the naive proxy, every read checked against the history.
+bench-partition: install system-deps-test
+	$(BIN)/python -m bench.partition
+
+bench-fleet: install system-deps-test
+	$(BIN)/python -m bench.fleet
+
+# keys/s of POST /v1/batch (100 gets) against single-key GETs and the naive proxy's loop.
+bench-batch: install
+	$(BIN)/python -m bench.batch
+
+bench-ratelimit: install
+	$(BIN)/python -m bench.ratelimit
+
 bench-outbox: install
 	$(BIN)/python -m bench.outbox
 
@@ -95,15 +117,15 @@ soak: install
 
 # What CI runs before the tests (.ci/run): ruff, and mypy --strict on the code and its tests.
 check: $(STAMP)
-	$(BIN)/ruff check app devstack tests alembic bench
-	$(BIN)/ruff format --check app devstack tests alembic bench
-	$(BIN)/mypy --strict app devstack tests
+	$(BIN)/ruff check app devstack tests alembic bench deploy
+	$(BIN)/ruff format --check app devstack tests alembic bench deploy
+	$(BIN)/mypy --strict app devstack tests deploy
 
 lint: check
 
 fmt: $(STAMP)
-	$(BIN)/ruff format app devstack tests alembic bench
-	$(BIN)/ruff check --fix app devstack tests alembic bench
+	$(BIN)/ruff format app devstack tests alembic bench deploy
+	$(BIN)/ruff check --fix app devstack tests alembic bench deploy
 
 # Regenerate the pinned trees from pyproject.toml (runtime, then runtime + dev).
 lock:

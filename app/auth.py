@@ -12,7 +12,12 @@ unknown for ``refresh_s``, and lookups are limited to ``LOOKUPS_PER_S`` per proc
 While the table cannot be loaded at all (Postgres down since start), the answer is 503
 ``auth-unavailable``, never 401: the key may well be valid.
 
-Each key has a token bucket (per process): ``rate_per_s`` refill, ``burst`` capacity.
+Each key has a token bucket: ``rate_per_s`` refill, ``burst`` capacity. With
+``rate_scope = "fleet"`` (the default) the bucket is shared by every process through Redis
+(``app/ratelimit.py``); a refusal is remembered here until its token is due, so a flood of one
+key costs Redis at most one call per process per refill. While Redis cannot answer within
+``shared_rate_timeout_ms``, each process falls back to a bucket of its own at the key's whole
+rate. With ``rate_scope = "process"`` only the per-process buckets count.
 """
 
 from __future__ import annotations
@@ -29,14 +34,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from app import tasks
+from app import tasks, telemetry
 from app.errors import (
     AuthUnavailableError,
     ForbiddenError,
     RateLimitedError,
     StoreError,
+    TierError,
     UnauthenticatedError,
 )
+from app.ratelimit import Limiter
 from app.settings import AuthSettings
 from app.singleflight import SingleFlight
 from app.store import ApiKeyRow, Store
@@ -130,6 +137,10 @@ class ApiKeys:
         default_factory=lambda: SingleFlight("auth", max_waiters=1_000_000)
     )
     _lookup_budget: _Bucket | None = None
+    # The fleet's bucket (None: per-process buckets only), and per key when its last refusal
+    # said a token would be there again (clock time).
+    limiter: Limiter | None = None
+    _refused_until: dict[str, float] = field(default_factory=dict)
     _reload_tried_at: float = -1e9
     _task: asyncio.Task[None] | None = None
     loaded: bool = False
@@ -263,21 +274,67 @@ class ApiKeys:
         self._keys[prefix] = row
         return row
 
-    def admit(self, principal: Principal) -> None:
-        """Take a token from the key's bucket, or RateLimitedError with the wait."""
+    def admit(self, principal: Principal) -> bool:
+        """Decide here when this process can: True when admitted (no limit, or per-process
+        buckets), ``RateLimitedError`` when refused (the key's last shared refusal still
+        stands); False when the fleet's bucket must be asked (``admit_shared``)."""
         prefix = principal.key_prefix
         if prefix is None:
+            return True
+        bucket = self._bucket(prefix)
+        if bucket is None:
+            return True
+        if self.limiter is None:
+            self._take_local(bucket)
+            return True
+        now = self.clock()
+        refused_until = self._refused_until.get(prefix)
+        if refused_until is not None:
+            if now < refused_until:
+                raise _limited(refused_until - now)
+            del self._refused_until[prefix]
+        return False
+
+    async def admit_shared(self, principal: Principal) -> None:
+        """Take a token of the key's bucket shared by the fleet, or ``RateLimitedError`` with
+        the wait; this process's own bucket decides while Redis cannot answer in time."""
+        prefix = principal.key_prefix
+        bucket = None if prefix is None else self._bucket(prefix)
+        if prefix is None or bucket is None or self.limiter is None:
             return
+        deadline = asyncio.get_running_loop().time() + self.settings.shared_rate_timeout_ms / 1000
+        try:
+            wait_s = await self.limiter.take(
+                prefix, rate_per_s=bucket.rate_per_s, burst=bucket.burst, deadline=deadline
+            )
+        except TierError as exc:
+            telemetry.RATE_DECISIONS.labels(bucket="process").inc()
+            log.debug("shared rate bucket unavailable, this process decides: %s", exc)
+            self._take_local(bucket)
+            return
+        telemetry.RATE_DECISIONS.labels(bucket="fleet").inc()
+        if wait_s > 0:
+            if len(self._refused_until) >= MAX_VERIFIED:
+                self._refused_until.clear()
+            self._refused_until[prefix] = self.clock() + wait_s
+            raise _limited(wait_s)
+
+    def _bucket(self, prefix: str) -> _Bucket | None:
+        """The key's per-process bucket, made on first use (None: the key has no limit)."""
         entry = self._buckets.get(prefix)
         if entry is None:
             limits = rate, burst = self._limits(self._keys.get(prefix))
             bucket = _Bucket(rate, burst, burst, self.clock()) if rate > 0 else None
             entry = self._buckets[prefix] = (limits, bucket)
-        bucket = entry[1]
-        if bucket is None:
-            return
+        return entry[1]
+
+    def _take_local(self, bucket: _Bucket) -> None:
         wait_s = bucket.take(self.clock())
         if wait_s > 0:
-            raise RateLimitedError(
-                "this API key is over its request rate", retry_after_s=max(1, math.ceil(wait_s))
-            )
+            raise _limited(wait_s)
+
+
+def _limited(wait_s: float) -> RateLimitedError:
+    return RateLimitedError(
+        "this API key is over its request rate", retry_after_s=max(1, math.ceil(wait_s))
+    )

@@ -3,10 +3,13 @@ or the store.
 
 A breaker counts outcomes in a sliding time window of one-second buckets. It opens when, with at
 least ``min_calls`` calls in the window, the failure rate or the rate of calls slower than the
-latency SLO reaches its threshold. Open means callers skip the route at once. After a jittered
-wait (doubling on every failed probe, up to a cap) it is half-open: exactly one call goes through
-as a probe, and its outcome closes or reopens it. The board's prober makes that probe itself when
-no request arrives, so a breaker never stays open or half-open for lack of traffic.
+latency SLO reaches its threshold, or at once after ``consecutive_failures`` failures in a row: a
+route that was busy and healthy has thousands of successes in its window, and a rate alone would
+take half the window to notice that it now fails every call. Open means callers skip the route at
+once. After a jittered wait (doubling on every failed probe, up to a cap) it is half-open: exactly
+one call goes through as a probe, and its outcome closes or reopens it. The board's prober makes
+that probe itself when no request arrives, so a breaker never stays open or half-open for lack of
+traffic.
 
 Only infrastructure failures are recorded as failures; local saturation is not the route's fault
 and is never recorded. A breaker made with ``count_slow=False`` (the store's write route) ignores
@@ -16,7 +19,6 @@ latency: it opens on failures only. Clocks and randomness are injected.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import math
@@ -66,6 +68,7 @@ class Breaker:
         self._reopen_at = 0.0
         self._wait_s = settings.wait_s
         self._probing = False
+        self._failing_run = 0
         self.opened_count = 0
         telemetry.BREAKER_STATE.labels(route=route).set(State.CLOSED)
 
@@ -84,8 +87,10 @@ class Breaker:
         self._probing = True
         return True
 
-    def record(self, *, ok: bool, duration_s: float) -> None:
-        """The outcome of a call that ``allow`` let through."""
+    def record(self, *, ok: bool, duration_s: float, in_run: bool = True) -> None:
+        """The outcome of a call that ``allow`` let through. A failure with ``in_run`` False (a
+        large value's transfer, slow for its size) counts in the rates but not in the run of
+        failures: a busy process reading megabytes must not open the node for small reads."""
         if self.state is State.HALF_OPEN:
             self._probing = False
             if ok and duration_s <= self.slow_call_s:
@@ -96,6 +101,10 @@ class Breaker:
         if self.state is State.OPEN:
             return  # a call that started before the breaker opened
         buckets = self._buckets
+        if ok:
+            self._failing_run = 0
+        elif in_run:
+            self._failing_run += 1
         if ok and duration_s <= self.slow_call_s and buckets:
             current = buckets[-1]
             if current.second == int(self.clock()):  # the common case, kept cheap
@@ -126,6 +135,10 @@ class Breaker:
         return self._buckets[-1]
 
     def _evaluate(self) -> None:
+        run = self.settings.consecutive_failures
+        if run and self._failing_run >= run:
+            self._open(backoff=False)
+            return
         calls = sum(b.calls for b in self._buckets)
         if calls < self.settings.min_calls:
             return
@@ -149,6 +162,7 @@ class Breaker:
 
     def _close(self) -> None:
         self._buckets.clear()
+        self._failing_run = 0
         self._wait_s = self.settings.wait_s
         self._move(State.CLOSED)
 
@@ -220,8 +234,7 @@ class BreakerBoard:
         for route in [r for r in self._breakers if not keep(r)]:
             del self._breakers[route]
             self._probes.pop(route, None)
-            with contextlib.suppress(KeyError):
-                telemetry.BREAKER_STATE.remove(route)
+            telemetry.forget(telemetry.BREAKER_STATE, route)
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())

@@ -35,11 +35,14 @@ def _env_file(arg: str | None) -> None:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.settings import Settings
+
     _env_file(args.env_file)
+    server = Settings().server
     metrics_dir = _multiprocess_metrics(args.workers)
     try:
         uvicorn.run(
-            "app.main:create_app",
+            "app.main:serving_app",
             factory=True,
             host=args.host,
             port=args.port,
@@ -49,6 +52,8 @@ def serve(args: argparse.Namespace) -> int:
             log_level="info",
             log_config=None,  # the app logs JSON (app/logs.py), uvicorn's lines included
             access_log=False,
+            timeout_graceful_shutdown=server.graceful_timeout_s,
+            timeout_keep_alive=server.keep_alive_s,
         )
     finally:
         if metrics_dir is not None:

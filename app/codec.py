@@ -117,6 +117,41 @@ redis.call('SET', KEYS[1], run_id .. ' ' .. ARGV[1])
 return false
 """
 
+# KEYS[1] the repair lease of a node (``repair_lease_key``), ARGV[1] a process's token, ARGV[2]
+# the lease in ms. Taken when free (or only a finished repair's record), renewed when the token's
+# own; 1 if the caller holds it now.
+LEASE = b"""
+local current = redis.call('GET', KEYS[1])
+if not current or string.sub(current, 1, 5) == 'done ' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if current == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] a node's marker. 1 if it names the Redis process that holds it (written since that
+# process started: by a repair, or as its first marker), else 0.
+MARK_IS_OWN = b"""
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, #run_id) == run_id then return 1 end
+return 0
+"""
+
+# KEYS[1] a repair lease, ARGV[1] its holder's token, ARGV[2] ms. The holder's repair is over:
+# the lease becomes the record ``done <token>`` for a while, which the waiting processes read.
+LEASE_DONE = b"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], 'done ' .. ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
 # KEYS[1] a key of the gateway's. Removes it unless it is a tombstone (a tombstone only ever
 # keeps an older value out; removing one could let an in-flight fill of an older value land).
 UNLESS_TOMBSTONE_UNLINK = b"""
@@ -129,6 +164,12 @@ def marker_key(prefix: str, slot: int) -> bytes:
     """The key of the marker of the node that owns ``slot``; a NUL byte first, so it is never a
     caller's key, nor matched by the gateway's key pattern."""
     return b"\x00" + prefix.encode() + b":marker:{" + tag_for_slot(slot) + b"}"
+
+
+def repair_lease_key(prefix: str, slot: int) -> bytes:
+    """The key of the lease on repairing the node that owns ``slot`` (one process of the fleet
+    repairs it at a time); in the marker's slot, outside the gateway's key pattern as it is."""
+    return b"\x00" + prefix.encode() + b":repair-lease:{" + tag_for_slot(slot) + b"}"
 
 
 def redis_key(prefix: str, namespace: str, key: str) -> bytes:

@@ -22,6 +22,7 @@ takes its message alone; what else it carries is keyword-only, with a default.
      │   ├─ CoalescingOverflowError too many requests already wait for this key's load
      │   └─ OverloadedError        this process sheds load: a node's local queue is full
      ├─ NotCachedError             only-if-cached, and no cache tier holds the key within policy
+     ├─ VersionUnavailableError    the store's entry is older than the Cachegw-Min-Version asked for
      ├─ AuthUnavailableError       the key table cannot be read from the store: no verdict
      ├─ AccessError                the caller may not do this; nothing was read or written
      │   ├─ UnauthenticatedError   no valid API key
@@ -32,6 +33,8 @@ takes its message alone; what else it carries is keyword-only, with a default.
          ├─ InvalidTtlError
          ├─ InvalidPreconditionError
          ├─ InvalidCacheControlError
+         ├─ InvalidMinVersionError
+         ├─ InvalidBatchError
          ├─ HeadersTooLargeError
          ├─ TargetTooLongError
          ├─ UnsupportedMediaTypeError
@@ -132,6 +135,14 @@ class NotCachedError(CachegwError):
     """Raised for ``Cache-Control: only-if-cached`` when no cache tier can answer."""
 
 
+class VersionUnavailableError(CachegwError):
+    """Raised when even the store's entry is older than the version the read asked for."""
+
+    def __init__(self, message: str, *, current_version: int | None = None) -> None:
+        super().__init__(message)
+        self.current_version = current_version
+
+
 class AuthUnavailableError(CachegwError):
     """Raised when an API key cannot be checked because the key table cannot be loaded from
     the store (nor the key looked up): not the caller's fault, so 503, never 401."""
@@ -171,6 +182,14 @@ class InvalidTtlError(RequestError):
 
 class InvalidPreconditionError(RequestError):
     """Raised for an If-Match / If-None-Match header that is not a valid entity-tag list."""
+
+
+class InvalidMinVersionError(RequestError):
+    """Raised for a Cachegw-Min-Version that is not a version number."""
+
+
+class InvalidBatchError(RequestError):
+    """Raised for a batch body that is not JSON, not of the batch's shape, or over its limits."""
 
 
 class InvalidCacheControlError(RequestError):

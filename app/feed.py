@@ -4,14 +4,14 @@ Each write's transaction inserts an outbox row. The feed announces the rows of c
 transactions to every listening process over Postgres LISTEN/NOTIFY, so it works while the Redis
 Cluster is down and never announces a write that did not happen. Two modes (``feed.mode``):
 
-* **relay** (the default): writes send nothing. Postgres serialises every notifying commit of
+* **relay**: writes send nothing. Postgres serialises every notifying commit of
   the instance behind one lock held through its WAL flush, so a NOTIFY per write caps the whole
   fleet's writes (``make bench-store``). Instead one process, elected by an advisory lock
   (``app/relay.py``), reads the rows of transactions committed since its last position every few
   milliseconds and announces them in batches, each ending with the snapshot it covers; with
   nothing new it still sends a heartbeat.
-* **notify**: a trigger on the outbox insert sends one NOTIFY from the write's own transaction,
-  delivered when (and only if) it commits.
+* **notify** (the default): a trigger on the outbox insert sends one NOTIFY from the write's own
+  transaction, delivered when (and only if) it commits.
 
 What a process does with it:
 
@@ -20,7 +20,9 @@ What a process does with it:
   not served.
 * ``LocalTier`` drops its copy of the key.
 * ``FeedState`` says whether local copies can be trusted. While the feed is down (the listening
-  connection lost; in relay mode also a relay silent for ``relay_lost_after_ms``), copies become
+  connection lost; in relay mode also a relay whose batches stopped coming, or whose positions
+  fell ``relay_lost_after_ms`` behind the store's clock: one starved of CPU, or paging through a
+  backlog, keeps sending batches of the past), copies become
   stale-only instead of being wiped. When it is back, the feed reads the outbox rows it may have
   missed; if that gap is covered, nothing was missed and copies stay trusted; otherwise their
   generation is closed for good.
@@ -42,7 +44,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -62,6 +64,8 @@ CATCH_UP_MARGIN_S = 5.0
 CATCH_UP_LIMIT = 100_000
 HEARD_KEYS = 100_000  # keys whose newest relayed seq is remembered for writers about to wait
 MAX_BROKEN_GENERATIONS = 64
+# Relay mode: the store's clock against the event loop's, from the last few liveness round trips.
+CLOCK_SAMPLES = 4
 
 
 _SEQ_BITS = 64
@@ -195,9 +199,12 @@ class InvalidationFeed:
         # answers. Relay mode: each batch's position becomes safe as it arrives.
         self._safe: Position | None = None
         self._last: Position | None = None
-        # Relay mode, owned by the message callback and the feed's task: when the last batch
-        # came (loop time), whether the relay is quiet, and the safe position when it went so.
+        # Relay mode, owned by the message callback and the feed's task: the loop time up to
+        # which the batches have covered the store's commits (the newest batch position's time,
+        # on this loop's clock), whether the relay is quiet, and the safe position when it went
+        # so. ``_offsets``: the store's clock minus the loop's, one per liveness round trip.
         self._heard: float | None = None
+        self._offsets: deque[float] = deque(maxlen=CLOCK_SAMPLES)
         self._quiet = False
         self._gap_from: Position | None = None
         self._next_check = 0.0
@@ -220,8 +227,8 @@ class InvalidationFeed:
         newer, so that a write is acknowledged only when every process can know of it (a NOTIFY
         from the write's own transaction gives that for free: it is delivered at commit).
 
-        Waits at most ``relay_lost_after_ms`` (by then a silent relay has made every process's
-        local copies stale-only) and never past ``deadline``.
+        Waits at most ``relay_lost_after_ms`` (by then a relay silent or behind has made every
+        process's local copies stale-only) and never past ``deadline``.
         """
         slot = (namespace, key)
         if self._heard_seq.get(slot, 0) >= seq:
@@ -270,11 +277,31 @@ class InvalidationFeed:
             if relayed:
                 self._brought(row.namespace, row.key, row.seq)
         if batch.relayed and self.relay is not None:
-            self._heard = asyncio.get_running_loop().time()
             if batch.position is not None:
                 self._safe = batch.position
+                covered = self._covered(batch.position)
+                if self._heard is None or covered > self._heard:
+                    self._heard = covered
             if self._quiet:
                 self._wake.set()
+
+    def _covered(self, position: Position) -> float:
+        """The loop time of ``position``: when, on this process's clock, the store took it.
+
+        Each offset sample is taken as ``at`` (the store's time during the round trip) minus
+        the loop time the round trip began, so it can only be too large: a position then looks
+        older than it is, never younger. The smallest of the last samples is the closest. Before
+        any sample, the position counts as taken now."""
+        if not self._offsets:
+            return asyncio.get_running_loop().time()
+        return position.at - min(self._offsets)
+
+    async def _position(self, listener: Listener) -> Position:
+        """A liveness round trip, which also samples the store's clock against the loop's."""
+        began = asyncio.get_running_loop().time()
+        here = await listener.position(deadline=self._deadline())
+        self._offsets.append(here.at - began)
+        return here
 
     def _on_lost(self) -> None:
         self.state.lost()
@@ -308,7 +335,7 @@ class InvalidationFeed:
             deadline=self._deadline(),
         )
         # Listening now: a transaction this snapshot does not see will be announced here.
-        here = await self._listener.position(deadline=self._deadline())
+        here = await self._position(self._listener)
         if self._quiet:
             self._safe = self._gap_from
         caught_up = await self._catch_up(here)
@@ -382,7 +409,7 @@ class InvalidationFeed:
                     self._safe, self._last = self._last, position
                 else:
                     if loop.time() >= self._next_check:  # the connection is alive
-                        await self._listener.position(deadline=self._deadline())
+                        await self._position(self._listener)
                         self._next_check = loop.time() + self.settings.check_interval_s
                     await self._watch_relay(self._listener)
             except StoreError as exc:
@@ -396,16 +423,25 @@ class InvalidationFeed:
                 await self._drop_listener()
 
     async def _watch_relay(self, listener: Listener) -> None:
-        """Relay mode: copies stop being trusted while no batch comes, and are trusted again
-        once batches come and the gap has been caught up."""
+        """Relay mode: copies stop being trusted while the batches cover nothing newer than
+        ``relay_lost_after_ms`` ago (none came, or they are late), and are trusted again once
+        they are recent and the gap has been caught up.
+
+        Noticed within one tick of the feed's loop, so the limit is checked one tick early: by
+        the time a write's wait for its announcement ends (``relay_lost_after_ms`` after its
+        commit, ``announced``), every process has stopped trusting copies it did not invalidate.
+        """
         if self._heard is None:
             return
         silent_s = asyncio.get_running_loop().time() - self._heard
-        lost_after_s = self.settings.relay_lost_after_ms / 1000
+        lost_after_s = self.settings.relay_lost_after_ms / 1000 - self._tick_s()
         if not self._quiet:
             if silent_s > lost_after_s:
                 if self.state.up:
-                    log.warning("no feed relay for %.1f s: local copies are stale-only", silent_s)
+                    log.warning(
+                        "the feed relay's batches cover nothing newer than %.1f s ago: local "
+                        "copies are stale-only", silent_s,
+                    )  # fmt: skip
                 self._quiet, self._gap_from = True, self._safe
                 self.state.lost()
             return

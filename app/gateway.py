@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app import tasks, telemetry
 from app.auth import ApiKeys
@@ -12,8 +13,10 @@ from app.breaker import BreakerBoard
 from app.cluster.slot_router import SlotRouter
 from app.cluster.topology import TopologyWatcher
 from app.degraded import DegradedMode
+from app.drain import Drain
 from app.feed import FeedState, InvalidationFeed, VersionMap
 from app.outbox import Outbox
+from app.ratelimit import FleetLimiter
 from app.recovery import Recovery
 from app.router import FallbackRouter
 from app.settings import Settings
@@ -26,6 +29,7 @@ from app.tiers.sizes import LargeValues
 log = logging.getLogger(__name__)
 
 GAUGE_INTERVAL_S = 1.0
+REAP_EVERY = 5  # gauge refreshes between two reapings of dead workers' metric files
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Gateway:
     breakers: BreakerBoard
     degraded: DegradedMode
     auth: ApiKeys
+    drain: Drain = field(default_factory=Drain)
     _gauges: asyncio.Task[None] | None = None
 
     @classmethod
@@ -94,7 +99,11 @@ class Gateway:
             settings=settings, slots=slots, watcher=watcher, store=store, local=local,
             feed=feed, outbox=outbox, router=router, breakers=breakers, degraded=degraded,
             recovery=Recovery(store, slots, primary, outbox, settings.outbox),
-            auth=ApiKeys(store, settings.auth),
+            auth=ApiKeys(
+                store, settings.auth,
+                limiter=FleetLimiter(slots, key_prefix=settings.redis.key_prefix)
+                if settings.auth.rate_scope == "fleet" else None,
+            ),
         )  # fmt: skip
 
     async def start(self) -> None:
@@ -118,9 +127,11 @@ class Gateway:
 
     async def _refresh_gauges(self) -> None:
         """Gauges of state that changes on every request, set once a second, not per request."""
-        while True:
+        for tick in itertools.count():
             self.local.update_gauges()
             telemetry.SLOTS_MAPPED.set(self.slots.map.covered())
+            if tick % REAP_EVERY == 0:  # other workers' gauges do not outlive them
+                telemetry.reap_dead_workers()
             await asyncio.sleep(GAUGE_INTERVAL_S)
 
     async def aclose(self) -> None:

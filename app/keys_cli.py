@@ -28,7 +28,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     )
     create.add_argument("--namespace", required=True)
     create.add_argument("--scopes", default="read,write", help="comma-separated: read,write,admin")
-    create.add_argument("--rate", type=float, default=None, help="requests/s per process")
+    create.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="requests/s (for the whole fleet; per process with rate_scope=process)",
+    )
     create.add_argument("--burst", type=int, default=None)
     create.add_argument("--description", default=None)
     actions.add_parser("list", help="prefix, namespace, scopes, rate, created, revoked")

@@ -35,8 +35,12 @@ def _add_request_id(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str
     return event
 
 
-def configure(level: str) -> None:
-    """Route every log record through structlog's JSON renderer (idempotent)."""
+def configure(level: str, *, access_log: bool = False) -> None:
+    """Route every log record through structlog's JSON renderer (idempotent).
+
+    uvicorn writes an access line only while its ``uvicorn.access`` logger has a handler
+    (checked per connection): without ``access_log`` it gets none, not even the root's.
+    """
     shared: list[Any] = [
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -66,4 +70,4 @@ def configure(level: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers = []
-        logger.propagate = True
+        logger.propagate = name != "uvicorn.access" or access_log

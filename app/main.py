@@ -13,7 +13,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
 from app import logs, tracing
-from app.api import admin, docs, health, keys, metrics, openapi, problems
+from app.api import admin, batch, docs, health, keys, metrics, openapi, problems
 from app.api.deps import State
 from app.api.dispatch import KeyOperations, serve
 from app.api.middleware import (
@@ -26,7 +26,12 @@ from app.gateway import Gateway
 from app.settings import Settings
 
 
-def create_app(settings: Settings | None = None) -> ASGIApp:
+def serving_app() -> ASGIApp:
+    """The app as ``cachegw serve`` runs it: SIGTERM drains (``app/drain.py``)."""
+    return create_app(drain_on_sigterm=True)
+
+
+def create_app(settings: Settings | None = None, *, drain_on_sigterm: bool = False) -> ASGIApp:
     """Build the app; settings are read from the environment here, not at import.
 
     The answer is the HTTP edge (``app/api/middleware/``) around the key operations
@@ -34,7 +39,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     """
     settings = settings or Settings()
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, access_log=settings.access_log)
     if not tracing.ENABLED:
         tracing.setup_from_environment(plain_keys=settings.trace_keys_plainly)
 
@@ -42,6 +47,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
         gateway = Gateway.build(settings)
         await gateway.start()
+        if drain_on_sigterm:
+            gateway.drain.install(settings.server.drain_pause_s)
         # Everything built so far (modules, routes, clients) lives as long as the process: move
         # it out of the cyclic collector's reach, so full collections stay short under load.
         gc.collect()
@@ -49,6 +56,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         try:
             yield {"gateway": gateway}
         finally:
+            gateway.drain.uninstall()
             await gateway.aclose()
 
     api = FastAPI(
@@ -64,7 +72,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     api.include_router(health.router)
     api.include_router(admin.router)
     docs.install(api)
-    openapi.install(api, documented=keys.key_routes(settings.limits).routes)
+    documented = [*keys.key_routes(settings.limits).routes, *batch.batch_routes(settings.limits)]
+    openapi.install(api, documented=documented)
     metrics.install(api)
     endpoint: ASGIApp = serve
     if tracing.ENABLED:

@@ -21,12 +21,23 @@ the node came back with old data: the primary is suspected even if no watcher sa
 
 Then the marker is rewritten and the primary believed again. Until then the router does not
 serve its copies as fresh: it reads the store, and its fills repair the keys it reads.
+
+**One repair for the fleet.** Every process suspects the node at about the same time; only the
+one holding the node's *repair lease* (a key in the marker's slot on the node itself, renewed
+every round, gone with the node) repairs it. The others wait: once the lease records a finished
+repair and the node's marker names the Redis process that holds it (written since it came back;
+one that names another process means it came back again), they believe the node as well. When
+the holder dies, its lease runs out and another process takes the repair over from the start.
+``cachegw_primary_repairs_total{how="by_another"}`` counts the repairs a process left to another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 from dataclasses import dataclass, field
 
 from app import tasks, telemetry
@@ -91,7 +102,8 @@ class _Repair:
 
     suspicion: Suspicion
     marker: bytes | None  # the node's marker when the repair began
-    rows: list[OutboxRow] | None  # to replay; None: the node is being emptied
+    rows: list[OutboxRow] | None = None  # to replay; None: the node is being emptied
+    leading: bool = False  # this process holds the node's repair lease, the plan is made
     next_row: int = 0
     cursor: int = 0  # SCAN position while emptying
     count: int = 0  # keys replayed or removed so far
@@ -106,6 +118,16 @@ class Recovery:
     settings: OutboxSettings
     _repairs: dict[Address, _Repair] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
+    # Who holds a repair lease: this process, by host and pid (for an operator reading the node).
+    lease_token: bytes = field(
+        default_factory=lambda: (
+            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}".encode()
+        )
+    )
+
+    def _lease_ms(self) -> int:
+        """Long enough for a few rounds: the holder renews it every round it repairs."""
+        return int(3 * (self.settings.interval_s + STEP_BUDGET_S) * 1000)
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -167,9 +189,32 @@ class Recovery:
     async def _repair(
         self, address: Address, shard: Shard, suspicion: Suspicion, *, now: float
     ) -> None:
+        slot = shard.ranges[0][0]
         repair = self._repairs.get(address)
         if repair is None or repair.suspicion != suspicion:
-            repair = self._repairs[address] = await self._plan(address, shard, suspicion, now)
+            raw = await self.primary.marker(address, slot, deadline=self._deadline())
+            repair = self._repairs[address] = _Repair(suspicion, raw)
+        if not repair.leading:
+            holder = await self.primary.lease_holder(address, slot, deadline=self._deadline())
+            if (
+                holder is not None
+                and holder.startswith(b"done ")
+                and (await self.primary.marker_is_own(address, slot, deadline=self._deadline()))
+            ):  # another process repaired it since it came back (a marker of its own since)
+                del self._repairs[address]
+                by = holder[5:].decode(errors="replace")
+                await self._done(address, shard, repair, now=now, by=by)
+                return
+        leased = await self.primary.lease(
+            address, slot, self.lease_token, ttl_ms=self._lease_ms(), deadline=self._deadline()
+        )
+        if not leased:  # another process repairs it; lost (a stall longer than the lease)
+            if repair.leading:
+                self._repairs[address] = _Repair(suspicion, repair.marker)
+            return
+        if not repair.leading:
+            repair.rows = await self._plan(address, repair.marker, now)
+            repair.leading = True
         loop = asyncio.get_running_loop()
         until = loop.time() + STEP_BUDGET_S
         if repair.rows is not None:
@@ -178,12 +223,19 @@ class Recovery:
             done = await self._empty(address, repair, until)
         if done:
             del self._repairs[address]
-            await self._done(address, shard, repair, now=now)
+            if await self._done(address, shard, repair, now=now):
+                await self.primary.finish_lease(
+                    address,
+                    slot,
+                    self.lease_token,
+                    ttl_ms=self._lease_ms(),
+                    deadline=self._deadline(),
+                )
 
     async def _plan(
-        self, address: Address, shard: Shard, suspicion: Suspicion, now: float
-    ) -> _Repair:
-        raw = await self.primary.marker(address, shard.ranges[0][0], deadline=self._deadline())
+        self, address: Address, raw: bytes | None, now: float
+    ) -> list[OutboxRow] | None:
+        """The outbox rows to replay into the node whose marker was ``raw``; None: empty it."""
         marker = Marker.parse(raw)
         since = replay_from(marker, now=now, retain_s=self.settings.retain_s)
         if since is not None:
@@ -191,13 +243,13 @@ class Recovery:
                 since, limit=REPAIR_LIMIT, deadline=self._deadline()
             )
             if len(rows) < REPAIR_LIMIT:
-                return _Repair(suspicion, raw, rows)
+                return rows
         log.warning(
             "primary %s: its data is older than the outbox can vouch for (%s): emptying it of "
             "the gateway's keys", format_address(address),
             "no marker" if marker is None else f"current until {marker.current_until:.0f}",
         )  # fmt: skip
-        return _Repair(suspicion, raw, None)
+        return None
 
     async def _replay(
         self, address: Address, repair: _Repair, rows: list[OutboxRow], until: float
@@ -230,8 +282,13 @@ class Recovery:
                 return True
         return False
 
-    async def _done(self, address: Address, shard: Shard, repair: _Repair, *, now: float) -> None:
-        how = "replayed" if repair.rows is not None else "emptied"
+    async def _done(
+        self, address: Address, shard: Shard, repair: _Repair, *, now: float,
+        by: str | None = None,
+    ) -> bool:  # fmt: skip
+        """Believe the node again, repaired by this process or (``by``) the one named; False
+        when it came back again meanwhile (suspect again)."""
+        how = "by_another" if by else "replayed" if repair.rows is not None else "emptied"
         _, pending_at = await self.store.mark_times(deadline=self._deadline())
         found = await self.primary.mark(
             address, shard.ranges[0][0], f"{now:.3f} {pending_at:.3f}", repaired=True,
@@ -239,10 +296,17 @@ class Recovery:
         )  # fmt: skip
         if found is not None:  # its marker changed under the repair: it came back again
             self.slots.provenance.suspect(address, "came back again during its repair")
-            return
+            return False
         if self.slots.provenance.repaired(address, repair.suspicion):
             telemetry.PRIMARY_REPAIRS.labels(how=how).inc()
-            log.warning(
-                "primary %s repaired (%s, %d keys): believed again",
-                format_address(address), how, repair.count,
-            )  # fmt: skip
+            if by:
+                log.warning(
+                    "primary %s repaired by another process (%s): believed again",
+                    format_address(address), by,
+                )  # fmt: skip
+            else:
+                log.warning(
+                    "primary %s repaired (%s, %d keys): believed again",
+                    format_address(address), how, repair.count,
+                )  # fmt: skip
+        return True

@@ -22,6 +22,7 @@ hands out as ``put``, ``delete`` and ``invalidate``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import random
@@ -48,6 +49,7 @@ from app.errors import (
     TierError,
     TierTimeoutError,
     TierUnavailableError,
+    VersionUnavailableError,
 )
 from app.explain import Explanation, explain
 from app.feed import VersionMap
@@ -62,6 +64,9 @@ from app.writes import CacheWriter, OutboxSink, Writes
 
 log = logging.getLogger(__name__)
 
+# Keys of one get_many read alone at once at most: 1,000 misses do not open 1,000 loads at once.
+MANY_ALONE = 256
+
 
 @dataclass(frozen=True, slots=True)
 class ReadPolicy:
@@ -71,6 +76,7 @@ class ReadPolicy:
     stale_if_error_s: float
     no_cache: bool = False
     only_if_cached: bool = False
+    min_version: int = 0  # Cachegw-Min-Version: no answer older than this version
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +201,7 @@ class FallbackRouter:
         self.put = self.writes.put
         self.delete = self.writes.delete
         self.invalidate = self.writes.invalidate
+        self.touch = self.writes.touch
         self.drain = self.background.drain
         self.stats = ReadStats()
 
@@ -231,12 +238,32 @@ class FallbackRouter:
 
         Raises ``KeyNotFoundError`` when the store says absent, ``NotCachedError`` for
         only-if-cached with nothing cached, and ``StoreError`` when nothing else could answer.
+        With ``policy.min_version`` N, no copy older than N is served: versions and cache seqs
+        come from one sequence and a copy of version N has a seq of at least N, so N is a floor
+        like an announced seq; an answer that still has a version under N (a copy re-sequenced
+        by an invalidate) is asked of the store again, and ``VersionUnavailableError`` is
+        raised if the store's own entry is older than N.
         """
         policy = policy or self.default_policy
+        result = await self._get(ref, policy)
+        if result.entry.version >= policy.min_version:
+            return result
+        if not result.revalidated:
+            result = await self._get(ref, dataclasses.replace(policy, no_cache=True))
+        if result.entry.version < policy.min_version:
+            raise VersionUnavailableError(
+                f"the store's entry is version {result.entry.version}, older than the "
+                f"{policy.min_version} asked for",
+                current_version=result.entry.version,
+            )
+        return result
+
+    async def _get(self, ref: KeyRef, policy: ReadPolicy) -> ReadResult:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self.read_deadline_s
-        attempt = _Attempt(floor=self.versions.newest(ref.namespace, ref.key) or 0)
+        newest = self.versions.newest(ref.namespace, ref.key) or 0
+        attempt = _Attempt(floor=max(newest, policy.min_version))
         primary_answered = False
         if tracing.recording():
             tracing.KEY_ATTRIBUTE.set(tracing.key_attribute(ref.key))
@@ -291,6 +318,64 @@ class FallbackRouter:
             elapsed = loop.time() - started
             telemetry.FALLBACK_LATENCY.observe(elapsed)
             self.degraded.observe(elapsed)
+
+    async def get_many(
+        self, refs: list[KeyRef], policies: list[ReadPolicy]
+    ) -> list[ReadResult | Exception]:
+        """``get`` of each ref, its result or its exception, with the primaries' hits read in
+        one round trip per node (``PrimaryTier.get_many``). A key that is not a plain hit there
+        (a miss, a tombstone, a copy older than what is known, a primary that could not answer,
+        a copy not believed) takes the whole walk of ``get`` alone, so every answer is the one
+        ``get`` would give. Degraded mode, ``no-cache``, and a primary tier that cannot read
+        many keys at once send every key the single way."""
+        results: list[ReadResult | Exception | None] = [None] * len(refs)
+        get_many = getattr(self.primary, "get_many", None)
+        if get_many is not None and not self.degraded.active:
+            fast = [i for i, policy in enumerate(policies) if not policy.no_cache]
+            loop = asyncio.get_running_loop()
+            # The group's share: a batch's reads travel together, so they wait together; a key
+            # its primary does not answer in time still has a whole read of its own after.
+            deadline = loop.time() + max(self.primary_timeout_s, self.read_deadline_s / 2)
+            try:
+                copies = await get_many([refs[i] for i in fast], deadline=deadline)
+            except NodeBusyError:
+                copies = [None] * len(fast)
+            now = now_ms()
+            hits = 0
+            for i, copy in zip(fast, copies, strict=True):
+                if not isinstance(copy, Copy) or copy.behind_s > 0:
+                    continue
+                record, ref = copy.record, refs[i]
+                floor = max(
+                    self.versions.newest(ref.namespace, ref.key) or 0, policies[i].min_version
+                )
+                if (
+                    isinstance(record, Entry)
+                    and record.seq >= floor
+                    and record.version >= policies[i].min_version
+                    and not record.expired(now)
+                ):
+                    hits += 1
+                    self.caches.keep_local(ref, record)
+                    self.loader.maybe_refresh_early(ref, record)
+                    results[i] = ReadResult(record, "primary")
+            if hits:
+                self.stats.primary_hit.inc(hits)
+                telemetry.tier_result("primary", "hit", hits)
+
+        limit = asyncio.Semaphore(MANY_ALONE)
+
+        async def alone(i: int) -> None:
+            async with limit:
+                try:
+                    results[i] = await self.get(refs[i], policies[i])
+                except Exception as exc:  # that key's answer, as its single read raises it
+                    results[i] = exc
+
+        await asyncio.gather(*(alone(i) for i, r in enumerate(results) if r is None))
+        done = [r for r in results if r is not None]
+        assert len(done) == len(refs)
+        return done
 
     def _shed(self, exc: NodeBusyError) -> OverloadedError:
         telemetry.SHED.labels(reason="node_queue").inc()

@@ -81,7 +81,7 @@ def parse_nodes(value: str) -> list[tuple[str, int]]:
 class PostgresSettings(BaseModel):
     """The authoritative store."""
 
-    dsn: SecretStr = Field(default=SecretStr("postgresql://postgres@127.0.0.1:55432/cachegw"))
+    dsn: SecretStr = Field(default=SecretStr("postgresql://postgres@127.0.0.1:15432/cachegw"))
     ssl_mode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = Field(
         default="prefer",
         description="As libpq's sslmode; verify-* check the server certificate (ssl_ca_file).",
@@ -129,6 +129,10 @@ class LimitSettings(BaseModel):
     )
     min_ttl_s: int = Field(default=1, ge=1)
     max_ttl_s: int = Field(default=30 * 86400, ge=1)
+    max_batch_ops: int = Field(default=1000, ge=1, le=100_000, description="Ops per batch.")
+    max_batch_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="A batch's body."
+    )
 
     @model_validator(mode="after")
     def _ttl_range(self) -> LimitSettings:
@@ -189,8 +193,8 @@ class FeedSettings(BaseModel):
         description="notify: a NOTIFY from every write's transaction, delivered before the write "
         "is acknowledged (each such commit takes Postgres's instance-wide notify lock); relay: "
         "writes send no NOTIFY and one elected process announces committed outbox rows in "
-        "batches (2.7 times the write ceiling); a write is answered once the relay brought it "
-        "back, the relay's delay later (a PUT measured 5.9 ms at p50 against 2.7 ms; README).",
+        "batches (about 3 times the write ceiling; README); a write is answered once the relay "
+        "brought it back, the relay's delay later (a PUT measured 5.9 ms at p50 against 2.7 ms).",
     )
     relay_check_s: float = Field(
         default=0.5, gt=0, le=60, description="How often a process tries to become the relay."
@@ -239,6 +243,13 @@ class BreakerSettings(BaseModel):
     failure_rate: float = Field(default=0.5, gt=0, le=1)
     slow_call_s: float = Field(default=0.05, gt=0, le=60, description="The latency SLO.")
     slow_call_rate: float = Field(default=0.8, gt=0, le=1)
+    consecutive_failures: int = Field(
+        default=20,
+        ge=0,
+        le=100_000,
+        description="This many failures in a row open the breaker whatever the window holds "
+        "(a node that stops answering after a busy minute); 0: the rates alone decide.",
+    )
     wait_s: float = Field(default=1.0, gt=0, le=600)
     max_wait_s: float = Field(default=5.0, gt=0, le=3600)
     probe_interval_s: float = Field(default=0.25, gt=0, le=60)
@@ -286,10 +297,48 @@ class AuthSettings(BaseModel):
     )
     refresh_s: float = Field(default=2.0, gt=0, le=300, description="Key table reload period.")
     rate_per_s: float = Field(
-        default=0.0, ge=0, description="Default request rate per key and process; 0: no limit."
+        default=0.0, ge=0, description="Default request rate per key (see rate_scope); 0: none."
     )
     burst: int = Field(default=1000, ge=1)
+    rate_scope: Literal["fleet", "process"] = Field(
+        default="fleet",
+        description="fleet: a key's rate holds for all processes together (a token bucket in "
+        "Redis); process: for each process alone (N processes admit N times the rate).",
+    )
+    shared_rate_timeout_ms: int = Field(
+        default=25,
+        ge=1,
+        le=1000,
+        description="Longest wait for the fleet's bucket; past it (or while Redis cannot "
+        "answer) this process's own bucket decides.",
+    )
     protect_metrics: bool = Field(default=False, description="/metrics needs the admin scope.")
+
+
+class ServerSettings(BaseModel):
+    """How ``cachegw serve`` stops (``app/drain.py``) and keeps connections."""
+
+    drain_pause_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="After SIGTERM, /readyz answers 503 and requests are still served this long, "
+        "so load balancers take the instance out before it stops accepting (0 under Kubernetes, "
+        "whose preStop hook pauses instead). SIGINT stops at once.",
+    )
+    graceful_timeout_s: int = Field(
+        default=10,
+        ge=0,
+        le=300,
+        description="Then the longest wait for requests in flight before they are cut.",
+    )
+    keep_alive_s: int = Field(
+        default=75,
+        ge=1,
+        le=3600,
+        description="An idle client connection is kept this long: more than a load balancer's "
+        "idle timeout (60 s is common), so the balancer, not the gateway, closes it.",
+    )
 
 
 class Settings(BaseSettings):
@@ -309,6 +358,7 @@ class Settings(BaseSettings):
     feed: FeedSettings = Field(default_factory=FeedSettings)
     topology: TopologySettings = Field(default_factory=TopologySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     coalescing: CoalescingSettings = Field(default_factory=CoalescingSettings)
     degraded: DegradedSettings = Field(default_factory=DegradedSettings)
@@ -318,6 +368,11 @@ class Settings(BaseSettings):
     retry_cap_s: float = Field(default=0.04, gt=0, le=5)
     write_deadline_ms: int = Field(default=2000, ge=1, le=60000)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    access_log: bool = Field(
+        default=False,
+        description="A log line per request (uvicorn's access log). Off by default: the "
+        "request metrics and traces already count every request, and the line costs CPU.",
+    )
     trace_keys_plainly: bool = Field(
         default=False, description="Put keys in span attributes as they are, not as hashes."
     )

@@ -34,6 +34,16 @@ class RemoveResult:
     outbox_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class TouchResult:
+    """A touch: the entry's version (unchanged), its new cache seq and expiry, its outbox row."""
+
+    version: int
+    seq: int
+    expires_at_ms: int
+    outbox_id: int
+
+
 class Source(Protocol):
     """The authoritative store, as the request path uses it.
 
@@ -43,6 +53,9 @@ class Source(Protocol):
     a failed one raises ``StoreConflictError`` carrying the live version (None when absent).
     ``delete`` and ``invalidate`` answer None when the key has no live entry (``delete`` with
     ``if_match`` raises ``StoreConflictError`` instead, as for a version that does not match).
+    ``touch`` gives a live entry a new expiry and a new cache seq, its version unchanged;
+    None when absent (``StoreConflictError`` with ``if_match`` or ``if_exists``, or when the
+    version does not match).
     Each write is committed together with its outbox row, whose id it answers.
     """
 
@@ -69,3 +82,14 @@ class Source(Protocol):
     async def invalidate(
         self, namespace: str, key: str, *, deadline: float
     ) -> RemoveResult | None: ...
+
+    async def touch(
+        self,
+        namespace: str,
+        key: str,
+        *,
+        ttl_ms: int,
+        if_match: list[int] | None,
+        if_exists: bool,
+        deadline: float,
+    ) -> TouchResult | None: ...

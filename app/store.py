@@ -1,9 +1,10 @@
 """The authoritative store: Postgres through an asyncpg pool.
 
 Writes go through SQL functions created by the migrations (``cachegw_put``, ``cachegw_delete``,
-``cachegw_invalidate``): each runs in one transaction that takes a version from one sequence,
-changes the entry and records an outbox row, so one round trip makes a write durable together with
-the promise to update the caches. asyncpg and its errors are used only in this module.
+``cachegw_invalidate``, ``cachegw_touch``): each runs in one transaction that takes a version (or
+a cache seq) from one sequence, changes the entry and records an outbox row, so one round trip
+makes a write durable together with the promise to update the caches. asyncpg and its errors
+are used only in this module.
 
 The tables are described for alembic in ``app/schema.py``; nothing here imports SQLAlchemy.
 """
@@ -32,7 +33,7 @@ from app.errors import (
     WriteOutcomeUnknownError,
 )
 from app.settings import PostgresSettings
-from app.source import PutResult, RemoveResult
+from app.source import PutResult, RemoveResult, TouchResult
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -46,9 +47,20 @@ SQL_GET = f"""
 SELECT value, content_type, version, cache_seq, {_EXPIRES_MS}
   FROM entries WHERE namespace = $1 AND key = $2 AND {_LIVE}
 """
+# The reads that arrive in one turn of the event loop, in one statement: the live entries of the
+# (namespace, key) pairs, each with its position in the arrays (1-based).
+SQL_GET_MANY = """
+SELECT k.i, e.value, e.content_type, e.version, e.cache_seq,
+       (extract(epoch FROM e.expires_at) * 1000)::bigint
+  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(namespace, key, i)
+  JOIN entries e ON e.namespace = k.namespace AND e.key = k.key
+ WHERE e.expires_at IS NULL OR e.expires_at > now()
+"""
+GET_MANY_MAX = 500  # keys per statement at most
 SQL_PUT = "SELECT * FROM cachegw_put($1, $2, $3, $4, $5, $6, $7, $8)"
 SQL_DELETE = "SELECT * FROM cachegw_delete($1, $2, $3)"
 SQL_INVALIDATE = "SELECT * FROM cachegw_invalidate($1, $2)"
+SQL_TOUCH = "SELECT * FROM cachegw_touch($1, $2, $3, $4, $5)"
 SQL_OUTBOX_CLAIM = """
 UPDATE cache_outbox o
    SET attempts = o.attempts + 1,
@@ -280,6 +292,8 @@ class Store:
         self._releases: set[asyncio.Task[None]] = set()
         self.read_breaker: Breaker | None = None
         self.write_breaker: Breaker | None = None
+        self._reads: list[_Read] = []  # request-path reads of this loop turn, sent together
+        self._tasks: set[asyncio.Task[None]] = set()
         parts = urlsplit(settings.dsn.get_secret_value())
         self._address = (parts.hostname or "localhost", parts.port or 5432)
 
@@ -332,6 +346,8 @@ class Store:
         return mode
 
     async def aclose(self) -> None:
+        if self._tasks:  # reads in flight: their deadlines bound them
+            await asyncio.wait(list(self._tasks), timeout=self.settings.connect_timeout_s)
         if self._releases:
             await asyncio.wait(list(self._releases), timeout=self.settings.connect_timeout_s)
         if self._pool is not None:
@@ -524,21 +540,68 @@ class Store:
         self, namespace: str, key: str, *, deadline: float, background: bool = False
     ) -> Entry | None:
         """The key's live entry. ``background`` (repairs): not under the read route's breaker,
-        which is the request path's."""
-        row = await self._fetchrow(
-            "get", SQL_GET, namespace, key, deadline=deadline,
-            route=None if background else "read",
-        )  # fmt: skip
-        if row is None:
-            return None
-        return Entry(
-            value=row[0],
-            content_type=row[1],
-            version=row[2],
-            seq=row[3],
-            stored_at_ms=now_ms(),
-            expires_at_ms=row[4],
-        )
+        which is the request path's.
+
+        The request path's reads that arrive in one turn of the event loop go to Postgres as
+        one statement (``SQL_GET_MANY``: a batch's misses, concurrent loads of different keys),
+        a lone one as the plain ``SQL_GET``; each caller still waits no longer than its own
+        deadline."""
+        if background:
+            row = await self._fetchrow("get", SQL_GET, namespace, key, deadline=deadline)
+            return None if row is None else _entry(row)
+        loop = asyncio.get_running_loop()
+        read = _Read(namespace, key, deadline, loop.create_future())
+        if not self._reads:
+            loop.call_soon(self._send_reads)
+        self._reads.append(read)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await asyncio.shield(read.future)
+        except TimeoutError:
+            raise StoreUnavailableError("store: get: no answer before the deadline") from None
+
+    def _send_reads(self) -> None:
+        reads, self._reads = self._reads, []
+        for start in range(0, len(reads), GET_MANY_MAX):
+            task = asyncio.get_running_loop().create_task(
+                self._answer_reads(reads[start : start + GET_MANY_MAX])
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _answer_reads(self, reads: list[_Read]) -> None:
+        deadline = max(read.deadline for read in reads)
+        try:
+            if len(reads) == 1:
+                row = await self._fetchrow(
+                    "get", SQL_GET, reads[0].namespace, reads[0].key, deadline=deadline,
+                    route="read",
+                )  # fmt: skip
+                answers = [None if row is None else _entry(row)]
+            else:
+                rows = await self._run(
+                    "get_many",
+                    lambda conn: conn.fetch(
+                        SQL_GET_MANY, [r.namespace for r in reads], [r.key for r in reads]
+                    ),
+                    deadline=deadline, route="read",
+                )  # fmt: skip
+                answers = [None] * len(reads)
+                for row in rows:
+                    answers[row[0] - 1] = _entry(row, 1)
+        except Exception as exc:
+            for read in reads:
+                if not read.future.done():
+                    read.future.set_exception(exc)
+                    read.future.exception()  # retrieved: a caller past its deadline is gone
+            return
+        except BaseException:  # cancelled (the store closing): so are the reads
+            for read in reads:
+                read.future.cancel()
+            raise
+        for read, answer in zip(reads, answers, strict=True):
+            if not read.future.done():
+                read.future.set_result(answer)
 
     async def put(
         self,
@@ -588,6 +651,30 @@ class Store:
             deadline=deadline, route="write",
         )  # fmt: skip
         return _removed(row)
+
+    async def touch(
+        self,
+        namespace: str,
+        key: str,
+        *,
+        ttl_ms: int,
+        if_match: list[int] | None,
+        if_exists: bool,
+        deadline: float,
+    ) -> TouchResult | None:
+        """A new expiry and cache seq for a live entry; its version stays."""
+        row = await self._fetchone(
+            "touch", SQL_TOUCH, namespace, key, ttl_ms, if_match, if_exists,
+            deadline=deadline, route="write",
+        )  # fmt: skip
+        outcome, version, seq, expires_at_ms, outbox_id = row
+        if outcome == "not_found":
+            return None
+        if outcome != "ok":
+            raise StoreConflictError("precondition failed", current_version=version)
+        return TouchResult(
+            version=version, seq=seq, expires_at_ms=expires_at_ms, outbox_id=outbox_id
+        )
 
     async def outbox_claim(
         self, *, limit: int, grace_s: float, max_backoff_s: float, deadline: float
@@ -842,6 +929,27 @@ class RelaySession:
                 await asyncio.wait_for(self._conn.close(), timeout=2)
         except StoreUnavailableError:
             self._conn.terminate()
+
+
+@dataclass(slots=True)
+class _Read:
+    namespace: str
+    key: str
+    deadline: float
+    future: asyncio.Future[Entry | None]
+
+
+def _entry(row: asyncpg.Record, start: int = 0) -> Entry:
+    """An entry from the row's (value, content_type, version, cache_seq, expires_at_ms), from
+    column ``start`` on."""
+    return Entry(
+        value=row[start],
+        content_type=row[start + 1],
+        version=row[start + 2],
+        seq=row[start + 3],
+        stored_at_ms=now_ms(),
+        expires_at_ms=row[start + 4],
+    )
 
 
 def _removed(row: asyncpg.Record) -> RemoveResult | None:

@@ -7,7 +7,12 @@ label value.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import contextlib
+import os
+import re
+from pathlib import Path
+
+from prometheus_client import Counter, Gauge, Histogram, multiprocess
 
 # Buckets that resolve p50/p95/p99 between 0.1 ms and 1 s.
 LATENCY_BUCKETS = (
@@ -26,14 +31,15 @@ FALLBACK_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 # With several worker processes (prometheus multiprocess mode), each gauge says how the values of
-# the processes combine: "max"/"min" for views every process shares, "livesum" for per-process
-# quantities that add up.
+# the processes combine: "livemax"/"livemin" for views every process shares, "livesum" for
+# per-process quantities that add up. Only the live modes forget a dead worker's values, once a
+# worker reaps it (``reap_dead_workers``); "max" or "min" would keep them for ever.
 SLOTS_ASSIGNED = Gauge(
     "redis_cluster_slots_assigned", "cluster_slots_assigned from CLUSTER INFO",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )  # fmt: skip
 SLOTS_OK = Gauge(
-    "redis_cluster_slots_ok", "cluster_slots_ok from CLUSTER INFO", multiprocess_mode="min"
+    "redis_cluster_slots_ok", "cluster_slots_ok from CLUSTER INFO", multiprocess_mode="livemin"
 )
 
 TIER_RESULTS = Counter(
@@ -51,7 +57,7 @@ TOPOLOGY_REFRESHES = Counter(
     "cachegw_topology_refreshes_total", "Slot map refreshes by what triggered them", ["trigger"]
 )
 SLOTS_MAPPED = Gauge(
-    "cachegw_slots_mapped", "Slots that have an owner in the slot map", multiprocess_mode="min"
+    "cachegw_slots_mapped", "Slots that have an owner in the slot map", multiprocess_mode="livemin"
 )
 CACHE_UPDATES = Counter(
     "cachegw_cache_updates_total",
@@ -85,7 +91,7 @@ FEED_LAG = Histogram(
 )
 FEED_UP = Gauge(
     "cachegw_invalidation_feed_up", "1 while every process receives the feed",
-    multiprocess_mode="min",
+    multiprocess_mode="livemin",
 )  # fmt: skip
 FEED_RELAY = Gauge(
     "cachegw_feed_relay", "1 while this process is the feed relay (relay mode)",
@@ -102,16 +108,22 @@ COALESCED = Counter(
 )
 BREAKER_STATE = Gauge(
     "cachegw_breaker_state", "Circuit breaker per route: 0 closed, 1 half-open, 2 open", ["route"],
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )  # fmt: skip
 BREAKER_TRANSITIONS = Counter(
     "cachegw_breaker_transitions_total", "Breaker state changes per route", ["route", "to"]
 )
 DEGRADED = Gauge(
-    "cachegw_degraded_mode", "1 while the degraded-mode policy is on", multiprocess_mode="max"
+    "cachegw_degraded_mode", "1 while the degraded-mode policy is on", multiprocess_mode="livemax"
 )
 AUTH_REFUSALS = Counter(
     "cachegw_auth_refusals_total", "Requests refused by authentication, scopes or rate", ["reason"]
+)
+RATE_DECISIONS = Counter(
+    "cachegw_rate_limit_decisions_total",
+    "Rate-limit decisions taken by a shared bucket (fleet) or, while Redis cannot answer, by "
+    "this process's own (process)",
+    ["bucket"],
 )
 SHED = Counter("cachegw_shed_total", "Requests shed because of local saturation", ["reason"])
 LOCAL_ENTRIES = Gauge(
@@ -122,15 +134,15 @@ LOCAL_BYTES = Gauge(
 )
 OUTBOX_DEPTH = Gauge(
     "cachegw_outbox_pending", "Outbox rows whose cache update has not reached Redis",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )  # fmt: skip
 OUTBOX_OLDEST_AGE = Gauge(
     "cachegw_outbox_oldest_age_seconds", "Age of the oldest outbox row not yet applied",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )  # fmt: skip
 REPLICA_LAG = Gauge(
     "cachegw_replica_lag_bytes", "Replication offset a replica is behind its primary",
-    ["replica"], multiprocess_mode="max",
+    ["replica"], multiprocess_mode="livemax",
 )  # fmt: skip
 
 # HTTP metrics, the same for routes served by FastAPI (recorded through
@@ -163,9 +175,62 @@ def record_http(handler: str, method: str, status: int, duration_s: float) -> No
 _tier_children: dict[tuple[str, str], Counter] = {}
 
 
-def tier_result(tier: str, result: str) -> None:
-    """Count one answer of a tier: hit, miss, stale (older than known), error."""
+def tier_result(tier: str, result: str, count: int = 1) -> None:
+    """Count ``count`` answers of a tier: hit, miss, stale (older than known), error."""
     child = _tier_children.get((tier, result))
     if child is None:
         child = _tier_children[(tier, result)] = TIER_RESULTS.labels(tier=tier, result=result)
-    child.inc()
+    child.inc(count)
+
+
+def _multiprocess_dir() -> Path | None:
+    """The directory of the workers' metric files, in multiprocess mode (else None)."""
+    value = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(value) if value else None
+
+
+def forget(gauge: Gauge, *labels: str) -> None:
+    """Drop a labelled series of ``gauge`` (its route or node is gone). In multiprocess mode
+    prometheus_client cannot remove it from the file it shares with the other workers, so it
+    is set to 0 instead (closed, no lag): never left at its last value."""
+    if _multiprocess_dir() is not None:
+        gauge.labels(*labels).set(0)
+        return
+    with contextlib.suppress(KeyError):
+        gauge.remove(*labels)
+
+
+_DB_FILE = re.compile(r"_(\d+)\.db$")
+
+
+def reap_dead_workers(directory: Path | None = None) -> int:
+    """Mark every worker whose metric files remain but whose process is gone as dead, so the
+    live gauge modes drop its values (its counters keep counting in the sums); how many.
+    Any worker may do it for the others: each does every few seconds."""
+    path = directory if directory is not None else _multiprocess_dir()
+    if path is None:
+        return 0
+    pids = set()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path):
+            match = _DB_FILE.search(entry.name)
+            if match is not None and entry.name.startswith("gauge_live"):
+                pids.add(int(match.group(1)))
+    reaped = 0
+    for pid in pids:
+        if pid == os.getpid() or _alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            multiprocess.mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
+            reaped += 1
+    return reaped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

@@ -16,7 +16,7 @@ from app import telemetry, tracing
 from app.codec import Entry, Tombstone
 from app.errors import KeyNotFoundError, StoreConflictError, TierError
 from app.feed import VersionMap
-from app.source import PutResult, RemoveResult, Source
+from app.source import PutResult, RemoveResult, Source, TouchResult
 from app.tiers.base import KeyRef, LockingTier
 from app.tiers.local import LocalTier
 
@@ -90,8 +90,8 @@ class Announced(Protocol):
 
 
 class Writes:
-    """PUT, DELETE and invalidate of a key: durable first, then the caches; in relay mode, also
-    announced to the fleet before the answer (``announced``, set by the gateway)."""
+    """PUT, DELETE, invalidate and touch of a key: durable first, then the caches; in relay
+    mode, also announced to the fleet before the answer (``announced``, set by the gateway)."""
 
     announced: Announced | None = None
 
@@ -168,6 +168,30 @@ class Writes:
         if result is None:
             raise KeyNotFoundError(ref.key)
         await self._remove(ref, result, deadline=deadline)
+        return result
+
+    async def touch(
+        self,
+        ref: KeyRef,
+        *,
+        ttl_s: int,
+        if_match: list[int] | None = None,
+        if_exists: bool = False,
+    ) -> TouchResult:
+        """A new TTL for a live entry, its value not sent again; ``KeyNotFoundError`` if absent
+        (``StoreConflictError`` with ``if_match`` or ``if_exists``). The version stays; the new
+        cache seq retires every cached copy, which carries the old expiry, as an invalidate
+        does: the next read loads the entry, and its new expiry, from the store."""
+        deadline = asyncio.get_running_loop().time() + self.write_deadline_s
+        result = await self.store.touch(
+            ref.namespace, ref.key, ttl_ms=ttl_s * 1000, if_match=if_match, if_exists=if_exists,
+            deadline=deadline,
+        )  # fmt: skip
+        if result is None:
+            raise KeyNotFoundError(ref.key)
+        await self._remove(
+            ref, RemoveResult(result.version, result.seq, result.outbox_id), deadline=deadline
+        )
         return result
 
     async def _remove(self, ref: KeyRef, result: RemoveResult, *, deadline: float) -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import json
 import os
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from app.cluster.slots import key_slot
 from devstack import Stack
 from devstack.cluster_ops import owner_of
 from devstack.rawhttp import Connection
-from devstack.serving import serve_gateway
+from devstack.serving import Environment, serve_gateway
 from devstack.stacks import full_stack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -152,7 +154,7 @@ def checkout(commit: str, into: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def serve(
-    target: str, stack: Stack, *, env: dict[str, str] | None = None, source: Path = REPO
+    target: str, stack: Environment, *, env: dict[str, str] | None = None, source: Path = REPO
 ) -> Iterator[str]:
     """One uvicorn worker (uvloop, httptools) serving ``target`` against the stack, from the
     code in ``source`` (this repository, or a checkout of another commit)."""
@@ -268,3 +270,13 @@ def percentile(values: list[float], q: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def save_json(kind: str, report: object) -> Path:
+    """``report`` saved as ``bench/results/<kind>-<date>.json``; the path, also printed."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{kind}-{stamp}.json"
+    path.write_text(json.dumps(report, indent=1))
+    print(f"saved bench/results/{path.name}")
+    return path

@@ -19,11 +19,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, bench_stack, checkout, create_api_key
+from bench.common import bench_stack, checkout, create_api_key, save_json
 
 WORKER = Path(__file__).with_name("hotpath_worker.py")
 
@@ -70,11 +69,7 @@ def main() -> int:
         print(f"baseline/gateway CPU per request: median x{statistics.median(ratios):.3f} "
               f"(pairs {report['baseline_over_gateway']})")  # fmt: skip
     print({k: v for k, v in report.items() if k.endswith("median_cpu_us")})
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"hotpath-{stamp}.json"
-    path.write_text(json.dumps(report, indent=1))
-    print(f"saved bench/results/{path.name}")
+    save_json("hotpath", report)
     return 0
 
 

@@ -2,12 +2,15 @@
 
 Kept deliberately plain, with redis-py's defaults, as the baseline the gateway is measured
 against. GET reads Redis, and on a miss Postgres, then fills Redis; PUT writes Postgres, then
-Redis. Run: ``uvicorn bench.naive_proxy:create_app --factory`` with ``CACHEGW_REDIS__NODES`` and
+Redis; POST /v1/batch (gets only) loops over its keys, one Redis read after the other. Run:
+``uvicorn bench.naive_proxy:create_app --factory`` with ``CACHEGW_REDIS__NODES`` and
 ``CACHEGW_PG__DSN`` set (the same variables as the gateway).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -59,5 +62,17 @@ def create_app() -> FastAPI:
         )
         await request.app.state.redis.set(f"naive:{key}", value)
         return Response(status_code=200)
+
+    @app.post("/v1/batch")
+    async def batch(request: Request) -> Response:
+        """The batch a team writes first: a loop of single-key reads, one after the other."""
+        results = []
+        for op in (await request.json())["ops"]:
+            value = await request.app.state.redis.get(f"naive:{op['key']}")
+            if value is None:
+                results.append({"status": 404})
+            else:
+                results.append({"status": 200, "value": base64.b64encode(value).decode()})
+        return Response(json.dumps({"results": results}), media_type="application/json")
 
     return app

@@ -4,9 +4,11 @@ Both targets run as deployed: one uvicorn worker each (uvloop, httptools), metri
 throughput scenario runs against each target in turn, A B A B, for ``--pairs`` pairs; the table
 gives requests/s, p50, p95, p99 and errors, the gateway-to-naive ratios per pair and their medians.
 The two ceilings (a raw ASGI app and a FastAPI route answering a constant) are measured in the same
-run. The stampede (1,000 users, one cold key, at once) reports store queries as Postgres counted
-them (pg_stat_statements). Compare-and-set writers run against the gateway only (the naive proxy
-has no preconditions). Saved: ``bench/results/bench-<date>.json`` and ``.png``.
+run, and so are batch reads (``bench/batch.py``: keys/s of 100 gets per request against single-key
+GETs and the naive proxy's loop). The stampede (1,000 users, one cold key, at once) reports store
+queries as Postgres counted them (pg_stat_statements). Compare-and-set writers run against the
+gateway only (the naive proxy has no preconditions). Saved: ``bench/results/bench-<date>.json``
+and ``.png``.
 
 ``--baseline COMMIT`` (``make bench BASELINE=COMMIT``) adds a third target in every pair: the
 gateway as it was at that commit, served from a temporary work tree over the same stack and the
@@ -28,6 +30,7 @@ from typing import Any
 
 import asyncpg
 
+from bench.batch import batches
 from bench.common import (
     RESULTS,
     TRACE_SAMPLE_RATIO,
@@ -40,6 +43,7 @@ from bench.common import (
     seed,
     serve,
 )
+from bench.fleet import fleet
 from devstack import Stack
 
 THROUGHPUT = ("read_hit", "mixed")
@@ -178,12 +182,18 @@ async def main() -> int:
                 )
             report["stampede"] = stampede
             report["cas_gateway"] = await k6("cas.js", gateway, work, **common)
+            # Batch reads of 100 keys, single-key GETs, the naive proxy's loop (bench/batch.py).
+            report["batch"] = await batches(
+                stack, work, common, pairs=min(args.pairs, 3), env=sink.env(), urls=urls
+            )
         # Read after the gateway stopped, which flushes its last spans.
         report["tracing"] = {
             "sampler": "parentbased_traceidratio", "ratio": float(TRACE_SAMPLE_RATIO),
             "spans_exported": sink.spans, "export_requests": sink.requests,
         }  # fmt: skip
         print(f"tracing: {sink.spans} spans exported in {sink.requests} OTLP requests", flush=True)
+        # Read hits through HAProxy with one, two and three instances (bench/fleet.py).
+        report["fleet"] = await fleet(stack, work, common, pairs=min(args.pairs, 3), env=sink.env())
     print_report(report)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M")
     json_path = RESULTS / f"bench-{stamp}.json"

@@ -70,6 +70,7 @@ class Soak:
     errors: dict[str, int] = field(default_factory=dict)
     wrong_writes: list[str] = field(default_factory=list)  # a 500, a 401, a 403
     started: float = 0.0
+    delete_share: float = 0.1
 
     def __post_init__(self) -> None:
         self.histories = {key: KeyHistory() for key in self.keys}
@@ -88,7 +89,7 @@ class Soak:
         try:
             while time.monotonic() < until:
                 await asyncio.sleep(rng.uniform(0.1, 0.4))
-                deleting = bool(history.ops) and rng.random() < 0.1
+                deleting = bool(history.ops) and rng.random() < self.delete_share
                 body = None if deleting else f"{key}|{uuid.uuid4().hex}".encode()
                 start = self.now()
                 method, payload = ("DELETE", b"") if body is None else ("PUT", body)
@@ -103,7 +104,7 @@ class Soak:
                     end = self.now()
                     if reply.status in (200, 201, 204, 404):
                         version = None
-                        if reply.status in (200, 201):
+                        if reply.status in (200, 201) and "etag" in reply.headers:
                             version = int(reply.headers["etag"].strip('"'))
                         op = Op("delete" if deleting else "put", start, end, "ok", body, version)
                     elif UNKNOWN_OUTCOME.encode() in reply.content:

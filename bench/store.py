@@ -11,7 +11,11 @@ the moment a writer has its commit acknowledged to the moment each follower appl
 
 Modes, side by side in every pair (A B C ...): ``bare`` (single-row INSERTs into a table like the
 outbox, nothing else: what this Postgres can commit), ``feed-off`` (the write path with no
-announcement at all), and one mode per feed design (``notify``: a NOTIFY from every write's
+announcement at all), two floors that no feed design can go below (``entry-only``: the entry's
+own locked read and update, as ``cachegw_put`` makes them, with no outbox row; ``append-only``: a
+write that appends a version row instead, serialised per key by an advisory lock and checked
+against the newest version, as an append-only store's preconditions would need), and one mode per
+feed design (``notify``: a NOTIFY from every write's
 transaction; ``relay``: one elected relay announces committed rows in batches). Printed and saved
 (``bench/results/store-<date>`` ``.json`` and ``.png``): commits/s per mode, the ratio to ``bare``
 in the same pair, the delay from a write's commit to its announcement in every follower (p50, p99,
@@ -63,6 +67,58 @@ PGBENCH_SCRIPTS = {
     "put": f"\\set k random(1, {KEYS_PER_WRITER})\nSELECT * FROM cachegw_put('default', {KEY}, "
     f"'\\x{VALUE.hex()}'::bytea, 'application/octet-stream', NULL, NULL, false, false);\n",
 }
+# The floors' statements and their tables, in the benchmark's database only (not a migration).
+FLOOR_SQL = """
+CREATE TABLE IF NOT EXISTS bench_versions (
+    namespace text NOT NULL, key text NOT NULL, seq bigint NOT NULL, value bytea,
+    content_type text, expires_at timestamptz,
+    xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    created_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (namespace, key, seq));
+CREATE INDEX IF NOT EXISTS bench_versions_xid_idx ON bench_versions (xid);
+CREATE OR REPLACE FUNCTION bench_entry_only(p_namespace text, p_key text, p_value bytea,
+                                            p_content_type text)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE cur_version bigint; new_version bigint;
+BEGIN
+    SELECT e.version INTO cur_version FROM entries e
+     WHERE e.namespace = p_namespace AND e.key = p_key FOR UPDATE;
+    new_version := nextval('entry_version_seq');
+    UPDATE entries SET value = p_value, content_type = p_content_type, version = new_version,
+           cache_seq = new_version, expires_at = NULL, updated_at = now()
+     WHERE namespace = p_namespace AND key = p_key;
+    RETURN new_version;
+END $$;
+CREATE OR REPLACE FUNCTION bench_append_only(p_namespace text, p_key text, p_value bytea,
+                                             p_content_type text)
+RETURNS TABLE (r_seq bigint, r_created boolean) LANGUAGE plpgsql AS $$
+DECLARE cur_seq bigint; new_seq bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_namespace || chr(1) || p_key, 0));
+    SELECT v.seq INTO cur_seq FROM bench_versions v
+     WHERE v.namespace = p_namespace AND v.key = p_key ORDER BY v.seq DESC LIMIT 1;
+    new_seq := nextval('entry_version_seq');
+    INSERT INTO bench_versions (namespace, key, seq, value, content_type)
+    VALUES (p_namespace, p_key, new_seq, p_value, p_content_type);
+    RETURN QUERY SELECT new_seq, cur_seq IS NULL;
+END $$;
+"""
+# Every writer's keys exist before the first run: each mode measures writes over existing keys.
+SEED_ENTRIES = f"""
+INSERT INTO entries (namespace, key, value, content_type, version, cache_seq)
+SELECT 'default', '{PREFIX}' || c || '-' || k, '\\x{VALUE.hex()}'::bytea,
+       'application/octet-stream', 0, 0
+  FROM generate_series(0, $1::int - 1) c, generate_series(1, {KEYS_PER_WRITER}) k
+ON CONFLICT DO NOTHING
+"""
+_ARGS = f"'default', {KEY}, '\\x{VALUE.hex()}'::bytea, 'application/octet-stream'"
+PGBENCH_SCRIPTS["entry-only"] = (
+    f"\\set k random(1, {KEYS_PER_WRITER})\nSELECT bench_entry_only({_ARGS});\n"
+)
+PGBENCH_SCRIPTS["append-only"] = (
+    f"\\set k random(1, {KEYS_PER_WRITER})\nSELECT * FROM bench_append_only({_ARGS});\n"
+)
+# Modes that run their statement alone: no followers, no outbox trigger, no delay phase.
+ALONE = frozenset({"bare", "entry-only", "append-only"})
 DONE_BATCH = (
     "UPDATE cache_outbox SET applied_at = now() WHERE applied_at IS NULL AND id = ANY(ARRAY("
     "SELECT id FROM cache_outbox WHERE applied_at IS NULL ORDER BY id LIMIT 5000))"
@@ -253,7 +309,7 @@ async def one(stack: Stack, mode: str, args: argparse.Namespace, work: Path) -> 
             stop = asyncio.Event()
             marker = asyncio.get_running_loop().create_task(mark_done(stack.pg_dsn, stop))
             begun = time.monotonic()
-            script = PGBENCH_SCRIPTS["bare" if mode == "bare" else "put"]
+            script = PGBENCH_SCRIPTS[mode if mode in ALONE else "put"]
             options = "-c cachegw.feed_notify=off" if mode == "relay" else ""
             tps = await pgbench(
                 stack, script, clients=args.writers, duration_s=args.duration, work=work,
@@ -264,10 +320,10 @@ async def one(stack: Stack, mode: str, args: argparse.Namespace, work: Path) -> 
             stop.set()
             await marker
             result: dict[str, Any] = {"commits_per_s": round(tps, 1)}
-            if mode not in ("bare", "feed-off"):
+            if mode not in ALONE and mode != "feed-off":
                 run = await write_path(stack, mode, DELAY_WRITERS, DELAY_S)
                 await asyncio.sleep(2.0)  # what is still on its way arrives
-        if mode != "bare":
+        if mode not in ALONE:
             # The followers' own statements: catch-up, position checks, a relay's reads.
             result["followers"] = {
                 "connections": connections - base_connections,
@@ -286,7 +342,7 @@ async def main() -> int:
     parser.add_argument("--followers", type=int, default=16)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--pairs", type=int, default=3)
-    parser.add_argument("--modes", default="bare,feed-off,notify,relay")
+    parser.add_argument("--modes", default="bare,entry-only,append-only,feed-off,notify,relay")
     args = parser.parse_args()
     modes = args.modes.split(",")
     # Postgres (started below, a child of this process) and pgbench inherit CPU 0 alone.
@@ -302,6 +358,8 @@ async def main() -> int:
         conn = await asyncpg.connect(stack.pg_dsn)
         try:
             await conn.execute(BARE_TABLE)
+            await conn.execute(FLOOR_SQL)
+            await conn.execute(SEED_ENTRIES, args.writers)
             await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         finally:
             await conn.close()
@@ -351,7 +409,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(8, 4))
     modes = report["modes"]
     medians = [report["summary"][m]["median_commits_per_s"] for m in modes]
-    bars = axis.bar(modes, medians, color=["grey"] + ["tab:blue"] * (len(modes) - 1))
+    colours = ["grey" if m in ALONE else "tab:blue" for m in modes]
+    bars = axis.bar(modes, medians, color=colours)
     for bar, mode in zip(bars, modes, strict=True):
         axis.annotate(
             f"x{report['summary'][mode]['median_ratio_to_bare']}",

@@ -62,7 +62,7 @@ def _config_from_args(args: argparse.Namespace) -> StackConfig:
         base = _env_int("CACHEGW_DEVSTACK_REDIS_BASE_PORT", 7000)
     pg_port = args.pg_port
     if pg_port is None:
-        pg_port = _env_int("CACHEGW_DEVSTACK_PG_PORT", 55432)
+        pg_port = _env_int("CACHEGW_DEVSTACK_PG_PORT", 15432)
     timeout_ms = args.node_timeout_ms
     if timeout_ms is None:
         timeout_ms = _env_int("CACHEGW_DEVSTACK_NODE_TIMEOUT_MS", 2000)

@@ -31,7 +31,7 @@ class StackConfig:
 
     root: Path
     redis_base_port: int = 7000
-    pg_port: int = 55432
+    pg_port: int = 15432
     cluster_node_timeout_ms: int = 2000
     external_pg_dsn: str | None = None
     pg_database: str = "cachegw"

@@ -83,3 +83,48 @@ def find_free_port(*, avoid: frozenset[int] = frozenset()) -> int:
         if port not in avoid and port_bindable(port):
             return port
     raise StackError(f"found no free port in {_LOWEST}..{top}")
+
+
+# /proc/net/tcp socket states (include/net/tcp_states.h).
+_TCP_STATES = {
+    "01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
+    "05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK",
+    "0A": "LISTEN", "0B": "CLOSING",
+}  # fmt: skip
+
+
+def sockets_on(port: int, *, tables: tuple[str, ...] = ("/proc/net/tcp", "/proc/net/tcp6")) -> (
+    list[str]
+):  # fmt: skip
+    """The states of the TCP sockets whose local port is ``port`` (``LISTEN``, ``ESTABLISHED``,
+    ``TIME_WAIT``...), from the kernel's tables; empty when none or unreadable."""
+    states: list[str] = []
+    for table in tables:
+        try:
+            with open(table) as handle:
+                lines = handle.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                states.append(_TCP_STATES.get(fields[3], fields[3]))
+    return states
+
+
+def port_use(port: int) -> str:
+    """Why ``port`` cannot be bound, in words: another program listens on it, or an outgoing
+    connection holds it as its own source port (inside the kernel's ephemeral range any
+    connection may be given it; it frees itself when that connection closes)."""
+    states = sockets_on(port)
+    if "LISTEN" in states:
+        return f"port {port} on {HOST} is in use: another program listens on it"
+    if states:
+        low, high = ephemeral_range()
+        where = f" (inside the ephemeral range {low}-{high})" if low <= port <= high else ""
+        return (
+            f"port {port} on {HOST} is held by a connection's own end{where}, state "
+            f"{', '.join(sorted(set(states)))}: nothing listens there, and it frees itself once "
+            "that connection closes"
+        )
+    return f"port {port} on {HOST} cannot be bound"

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 from devstack.config import HOST
 from devstack.errors import StackError
 from devstack.layout import Layout
-from devstack.ports import port_bindable
+from devstack.ports import port_bindable, port_use
 from devstack.postgres_host import PostgresHost
 from devstack.processes import (
     PROCESS_EXIT_TIMEOUT_S,
@@ -196,8 +196,8 @@ class Postgres:
             self._initdb()
             if not port_bindable(self.config.pg_port):
                 raise StackError(
-                    f"port {self.config.pg_port} on {HOST} is in use by a process this stack did "
-                    "not start; choose another --pg-port"
+                    f"{port_use(self.config.pg_port)}; this stack did not start it: retry, or "
+                    "choose another --pg-port"
                 )
             # A postmaster.pid whose PID is dead or now another program's would block start-up.
             with contextlib.suppress(FileNotFoundError):

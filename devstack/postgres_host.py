@@ -59,7 +59,7 @@ class PostgresHost:
 
     def pg_bin(self) -> Path:
         if self._pg_bin_cache is None:
-            found = self.config.pg_bin or _find_pg_bin()
+            found = self.config.pg_bin or find_pg_bin()
             if found is None:
                 raise StackError(
                     "Postgres binaries not found (no /usr/lib/postgresql/*/bin/pg_ctl, no pg_ctl "
@@ -141,7 +141,7 @@ def _can_traverse(st: os.stat_result, uid: int, gids: set[int]) -> bool:
     return bool(st.st_mode & 0o001)
 
 
-def _find_pg_bin() -> Path | None:
+def find_pg_bin() -> Path | None:
     """The highest-version ``/usr/lib/postgresql/<v>/bin`` with pg_ctl, else pg_ctl on PATH."""
 
     def version_key(path: Path) -> tuple[int, ...]:

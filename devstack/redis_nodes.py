@@ -18,7 +18,7 @@ from devstack.cluster_view import NODE_ERRORS, node_client, ping
 from devstack.config import BUS_PORT_OFFSET, HOST
 from devstack.errors import StackError
 from devstack.layout import Layout
-from devstack.ports import port_bindable
+from devstack.ports import port_bindable, port_use
 from devstack.processes import (
     POLL_INTERVAL_S,
     PROCESS_EXIT_TIMEOUT_S,
@@ -194,9 +194,8 @@ class RedisNodes:
             for busy in (port, port + BUS_PORT_OFFSET):
                 if not _bindable_soon(busy):
                     raise StackError(
-                        f"port {busy} on {HOST} is in use by a process this stack did not start "
-                        f"(needed by the Redis node {port}); stop it or choose another "
-                        "--redis-base-port"
+                        f"{port_use(busy)} (needed by the Redis node {port}); this stack did not "
+                        "start it: stop it, or choose another --redis-base-port"
                     )
             with contextlib.suppress(FileNotFoundError):
                 (self.layout.node_dir(port) / "redis.pid").unlink()

@@ -10,21 +10,39 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
 from devstack.ports import find_free_port
-from devstack.stack import Stack
+
+
+class Environment(Protocol):
+    """What a gateway is served against: a stack, or the fault lab's cluster."""
+
+    def env(self) -> dict[str, str]: ...
+
 
 ROOT = Path(__file__).resolve().parents[1]
 GATEWAY = (sys.executable, "-m", "app.cli", "serve")
 """``cachegw serve``, as ``make run`` starts it."""
 
 
+@dataclass(frozen=True)
+class Served:
+    """A server process that answered its readiness path: its address, process and log."""
+
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+
 @contextlib.contextmanager
 def serve_gateway(
-    stack: Stack,
+    stack: Environment,
     log_dir: Path,
     *,
     command: Sequence[str] = GATEWAY,
@@ -43,11 +61,34 @@ def serve_gateway(
     Output goes to ``log_dir/<log_name>-N.log`` (deleted at the end unless ``keep_log``). At exit
     SIGINT, then SIGKILL if the process has not stopped within 15 s.
     """
-    port = find_free_port()
+    with spawn_gateway(
+        stack, log_dir, command=command, env=env, log_name=log_name, keep_log=keep_log,
+        ready_path=ready_path, ready_statuses=ready_statuses, timeout_s=timeout_s, cwd=cwd,
+    ) as served:  # fmt: skip
+        yield served.url
+
+
+@contextlib.contextmanager
+def spawn_gateway(
+    stack: Environment,
+    log_dir: Path,
+    *,
+    port: int | None = None,
+    command: Sequence[str] = GATEWAY,
+    env: Mapping[str, str] | None = None,
+    log_name: str = "gateway",
+    keep_log: bool = True,
+    ready_path: str = "/readyz",
+    ready_statuses: tuple[int, ...] = (200,),
+    timeout_s: float = 20.0,
+    cwd: Path = ROOT,
+) -> Iterator[Served]:
+    """``serve_gateway``, yielding the process too (to signal it), on ``port`` if given."""
+    port = port or find_free_port()
     base_url = f"http://127.0.0.1:{port}"
     log_path = log_dir / f"{log_name}-{port}.log"
     try:
-        with log_path.open("wb") as log:
+        with log_path.open("ab") as log:
             proc = subprocess.Popen(
                 [*command, "--port", str(port)],
                 cwd=cwd,
@@ -57,17 +98,23 @@ def serve_gateway(
             )
             try:
                 _wait_ready(proc, f"{base_url}{ready_path}", ready_statuses, timeout_s, log_path)
-                yield base_url
+                yield Served(base_url, port, proc, log_path)
             finally:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
+                stop(proc)
     finally:
         if not keep_log:
             log_path.unlink(missing_ok=True)
+
+
+def stop(proc: subprocess.Popen[bytes], *, sig: int = signal.SIGINT, timeout_s: float = 15) -> None:
+    """Send ``sig`` (if it still runs), wait up to ``timeout_s``, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
 
 
 def _wait_ready(

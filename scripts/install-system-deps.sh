@@ -24,6 +24,11 @@ if [ "$profile" = test ]; then
     command -v npm >/dev/null 2>&1 || missing+=(npm)
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)  # the image's shell scripts
+    # The load balancer of the fleet benchmark and tests (bench/fleet.py).
+    command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+    # The fault lab's partitions and losses (devstack/netlab.py); ip comes with iproute2.
+    command -v nft >/dev/null 2>&1 || missing+=(nftables)
+    command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     dpkg-query -W -f='${Status}' fonts-dejavu-core 2>/dev/null | grep -q 'ok installed' ||
         missing+=(fonts-dejavu-core)
 fi

@@ -18,14 +18,17 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import telemetry
-from app.api import handlers
+from app.api import batch, handlers
 from app.api.deps import gateway_in
 from app.api.http import key_from_raw_path
 from app.api.problems import error_response, http_error
 
 PREFIX = "/v1/keys/"
+BATCH_ROUTE = "/v1/batch"
 KEY_ROUTE = "/v1/keys/{key}"
 INVALIDATE_ROUTE = "/v1/keys/{key}/invalidate"
+TOUCH_ROUTE = "/v1/keys/{key}/touch"
+ACTIONS = {"/invalidate": INVALIDATE_ROUTE, "/touch": TOUCH_ROUTE}
 NO_ROUTE = "none"  # the handler label of a path no route matches (as the instrumentator's)
 KEY_METHODS = ("GET", "HEAD", "PUT", "DELETE")
 # Query values FastAPI reads as a boolean (pydantic's rules), for ``explain``.
@@ -41,7 +44,9 @@ class KeyOperations:
         self.endpoint = endpoint or serve
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(PREFIX):
+        if scope["type"] == "http" and (
+            scope["path"].startswith(PREFIX) or scope["path"] == BATCH_ROUTE
+        ):
             await self.endpoint(scope, receive, send)
         else:
             await self.app(scope, receive, send)
@@ -49,12 +54,14 @@ class KeyOperations:
 
 def route_of(path: str) -> str:
     """The route template a key path matches, or ``NO_ROUTE``."""
+    if path == BATCH_ROUTE:
+        return BATCH_ROUTE
     rest = path[len(PREFIX) :]
     slash = rest.find("/")
     if slash < 0:
         return KEY_ROUTE if rest else NO_ROUTE
-    if slash > 0 and rest[slash:] == "/invalidate":
-        return INVALIDATE_ROUTE
+    if slash > 0:
+        return ACTIONS.get(rest[slash:], NO_ROUTE)
     return NO_ROUTE
 
 
@@ -92,6 +99,10 @@ async def _body(receive: Receive) -> AsyncIterator[bytes]:
 async def _answer(scope: Scope, receive: Receive, route: str) -> handlers.Answer | Response:
     gateway = gateway_in(scope)
     method: str = scope["method"]
+    if route == BATCH_ROUTE:
+        if method != "POST":
+            return http_error(405, instance=scope["path"], headers={"Allow": "POST"})
+        return await batch.serve(gateway, scope, _body(receive))
     if route == KEY_ROUTE:
         if method == "GET" or method == "HEAD":
             if method == "GET" and explain_asked(scope):
@@ -102,10 +113,12 @@ async def _answer(scope: Scope, receive: Receive, route: str) -> handlers.Answer
         if method == "DELETE":
             return await handlers.delete(gateway, scope)
         return http_error(405, instance=scope["path"], headers={"Allow": ", ".join(KEY_METHODS)})
-    if route == INVALIDATE_ROUTE:
-        if method == "POST":
-            return await handlers.invalidate(gateway, scope)
-        return http_error(405, instance=scope["path"], headers={"Allow": "POST"})
+    if route in (INVALIDATE_ROUTE, TOUCH_ROUTE):
+        if method != "POST":
+            return http_error(405, instance=scope["path"], headers={"Allow": "POST"})
+        if route == TOUCH_ROUTE:
+            return await handlers.touch(gateway, scope)
+        return await handlers.invalidate(gateway, scope)
     rest = scope["path"][len(PREFIX) :]
     if rest and not rest.startswith("/"):
         # A key with an encoded '/' lands here: it gets its invalid-key problem, not a 404.

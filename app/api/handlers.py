@@ -8,6 +8,7 @@ error is raised as one of the gateway's exceptions and mapped to a problem by
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from app.api.http import (
 )
 from app.auth import Principal
 from app.codec import now_ms
-from app.errors import InvalidPreconditionError, InvalidTtlError
+from app.errors import InvalidMinVersionError, InvalidPreconditionError, InvalidTtlError
 from app.gateway import Gateway
 from app.router import ReadPolicy
 
@@ -82,7 +83,7 @@ def _ttl(gateway: Gateway, scope: Scope) -> int | None:
     return int(text)
 
 
-def _match(value: str | None) -> tuple[list[int] | None, bool]:
+def if_match_of(value: str | None) -> tuple[list[int] | None, bool]:
     """If-Match as (versions to match, or None; whether it is ``*``)."""
     if value is None:
         return None, False
@@ -93,20 +94,43 @@ def _match(value: str | None) -> tuple[list[int] | None, bool]:
 def _read_request(gateway: Gateway, scope: Scope) -> tuple[str, TagList | None, ReadPolicy]:
     """A read's key, If-None-Match and Cache-Control policy, each validated."""
     key = _key(gateway, scope)
-    if_none_match = cache_control = None
+    if_none_match = cache_control = min_version = None
     for name, value in scope["headers"]:
         if name == b"if-none-match":
             if_none_match = value.decode("latin-1") if value.strip() else None
         elif name == b"cache-control":
             cache_control = value.decode("latin-1")
+        elif name == b"cachegw-min-version":
+            min_version = value.decode("latin-1")
     tags = None if if_none_match is None else parse_tag_list(if_none_match, name="If-None-Match")
-    default = gateway.router.default_policy
-    policy = (
-        default
-        if cache_control is None
-        else read_policy(cache_control, staleness=gateway.settings.staleness, default=default)
-    )
+    policy = policy_of(gateway, cache_control)
+    if min_version is not None:
+        policy = dataclasses.replace(policy, min_version=parse_min_version(min_version))
     return key, tags, policy
+
+
+def policy_of(gateway: Gateway, cache_control: str | None) -> ReadPolicy:
+    """The read policy of a request's Cache-Control (the router's default without one)."""
+    default = gateway.router.default_policy
+    if cache_control is None:
+        return default
+    return read_policy(cache_control, staleness=gateway.settings.staleness, default=default)
+
+
+MAX_VERSION_DIGITS = 19  # a Postgres bigint has at most 19 digits
+
+
+def parse_min_version(text: str) -> int:
+    """Cachegw-Min-Version: the digits of an ETag, bare or quoted (``42`` or ``"42"``); 0 asks
+    for nothing. A number no version reaches is not malformed: the store is older (412)."""
+    value = text.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    if not (value.isascii() and value.isdigit() and len(value) <= MAX_VERSION_DIGITS):
+        raise InvalidMinVersionError(
+            f"Cachegw-Min-Version must be a version of 1 to {MAX_VERSION_DIGITS} digits, such as 42"
+        )
+    return int(value)
 
 
 async def read(gateway: Gateway, scope: Scope) -> Answer:
@@ -127,7 +151,7 @@ async def put(gateway: Gateway, scope: Scope, body: AsyncIterator[bytes]) -> Ans
     """PUT of a key: 2xx only after the store committed."""
     key = _key(gateway, scope)
     ttl = _ttl(gateway, scope)
-    if_match, if_exists = _match(precondition(scope, b"if-match"))
+    if_match, if_exists = if_match_of(precondition(scope, b"if-match"))
     create_only = False
     if_none_match = precondition(scope, b"if-none-match")
     if if_none_match is not None:
@@ -143,24 +167,17 @@ async def put(gateway: Gateway, scope: Scope, body: AsyncIterator[bytes]) -> Ans
         content_type=content_type, ttl_s=ttl,
         if_match=if_match, if_exists=if_exists, if_none_match=create_only,
     )  # fmt: skip
-    expires_at = (
-        None
-        if result.expires_at_ms is None
-        else datetime.fromtimestamp(result.expires_at_ms / 1000, tz=UTC).isoformat()
-    )
-    etag = conditional.etag(result.version)
-    document = {"key": key, "version": result.version, "etag": etag, "expires_at": expires_at}
-    content = json.dumps(document, ensure_ascii=False).encode()
-    headers: Headers = [JSON, (b"content-length", b"%d" % len(content)), (b"etag", etag.encode())]
+    status, headers, content = _written(key, result.version, result.expires_at_ms)
     if result.created:
         headers.append((b"location", b"/v1/keys/" + quote(key, safe="").encode()))
-    return 201 if result.created else 200, headers, content
+        status = 201
+    return status, headers, content
 
 
 async def delete(gateway: Gateway, scope: Scope) -> Answer:
     """DELETE of a key: 204 once the store committed; 404 when absent (412 with If-Match)."""
     key = _key(gateway, scope)
-    if_match, if_exists = _match(precondition(scope, b"if-match"))
+    if_match, if_exists = if_match_of(precondition(scope, b"if-match"))
     fallback = gateway.router
     await fallback.delete(
         fallback.ref(_namespace(gateway, scope), key), if_match=if_match, if_exists=if_exists
@@ -174,6 +191,40 @@ async def invalidate(gateway: Gateway, scope: Scope) -> Answer:
     fallback = gateway.router
     await fallback.invalidate(fallback.ref(_namespace(gateway, scope), key))
     return 204, [], b""
+
+
+async def touch(gateway: Gateway, scope: Scope) -> Answer:
+    """POST /v1/keys/{key}/touch?ttl=N: a new TTL, the value not sent again; the version (and
+    so the ETag) stays, since the value and its content type did not change."""
+    key = _key(gateway, scope)
+    ttl = _ttl(gateway, scope)
+    if ttl is None:
+        limits = gateway.settings.limits
+        raise InvalidTtlError(
+            f"touch needs ttl, a whole number of seconds from {limits.min_ttl_s} to "
+            f"{limits.max_ttl_s}"
+        )
+    if_match, if_exists = if_match_of(precondition(scope, b"if-match"))
+    fallback = gateway.router
+    result = await fallback.touch(
+        fallback.ref(_namespace(gateway, scope), key), ttl_s=ttl,
+        if_match=if_match, if_exists=if_exists,
+    )  # fmt: skip
+    return _written(key, result.version, result.expires_at_ms)
+
+
+def _written(key: str, version: int, expires_at_ms: int | None) -> Answer:
+    """A write's answer: the key, its version and ETag, its expiry (ISO 8601, or null)."""
+    expires_at = (
+        None
+        if expires_at_ms is None
+        else datetime.fromtimestamp(expires_at_ms / 1000, tz=UTC).isoformat()
+    )
+    etag = conditional.etag(version)
+    document = {"key": key, "version": version, "etag": etag, "expires_at": expires_at}
+    content = json.dumps(document, ensure_ascii=False).encode()
+    headers: Headers = [JSON, (b"content-length", b"%d" % len(content)), (b"etag", etag.encode())]
+    return 200, headers, content
 
 
 def explain(gateway: Gateway, scope: Scope) -> Answer:

@@ -49,6 +49,16 @@ CacheControl = Annotated[
         json_schema_extra={"pattern": CACHE_CONTROL_PATTERN},
     ),
 ]
+MinVersion = Annotated[
+    str | None,
+    Header(
+        alias="Cachegw-Min-Version",
+        description="Read-your-writes: the version (an ETag's digits, such as `41`) the caller "
+        "already saw or wrote. No tier answers with an older copy, on whatever instance; the "
+        "store answers if it must; 412 when even the store's entry is older.",
+        json_schema_extra={"pattern": '^[ \\t]*("[0-9]{1,19}"|[0-9]{1,19})[ \\t]*$'},
+    ),
+]
 
 
 def _size(n: int) -> str:
@@ -94,8 +104,9 @@ READ_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "The client's copy (If-None-Match) is current.",
         "headers": {"ETag": schemas.ETAG},
     },
-    400: schemas.BAD_PRECONDITION,
+    400: schemas.BAD_READ_HEADER,
     404: schemas.NOT_FOUND,
+    412: schemas.MIN_VERSION_UNAVAILABLE,
     422: schemas.VALIDATION,
     503: schemas.UNAVAILABLE,
     504: schemas.NOT_CACHED,
@@ -138,6 +149,7 @@ def key_routes(limits: LimitSettings) -> APIRouter:
         key: key_param,
         if_none_match: IfNoneMatch = None,
         cache_control: CacheControl = None,
+        min_version: MinVersion = None,
         explain: Annotated[
             bool,
             Query(
@@ -160,6 +172,7 @@ def key_routes(limits: LimitSettings) -> APIRouter:
         key: key_param,
         if_none_match: IfNoneMatch = None,
         cache_control: CacheControl = None,
+        min_version: MinVersion = None,
     ) -> Response:
         """As GET, without the body."""
         return _documented_only()
@@ -269,6 +282,46 @@ def key_routes(limits: LimitSettings) -> APIRouter:
     )
     async def invalidate_key(key: key_param) -> Response:
         """Until a fresh fill from the store, no tier serves an older copy of the key."""
+        return _documented_only()
+
+    @router.post(
+        "/{key}/touch",
+        operation_id="touchKey",
+        summary="Give a key a new TTL without sending its value",
+        status_code=200,
+        response_model=schemas.WriteResult,
+        responses={
+            200: {
+                "description": "The new expiry is durable; the version (ETag) is unchanged.",
+                "headers": {"ETag": schemas.ETAG},
+            },
+            400: schemas.BAD_PRECONDITION,
+            404: schemas.NOT_FOUND,
+            412: schemas.PRECONDITION,
+            422: schemas.VALIDATION,
+            503: schemas.UNAVAILABLE,
+        },
+    )
+    async def touch_key(
+        key: key_param,
+        ttl: Annotated[
+            int,
+            Query(
+                description=f"Seconds from now until the entry expires ({ttl_range}).",
+                json_schema_extra={"minimum": limits.min_ttl_s, "maximum": limits.max_ttl_s},
+            ),
+        ],
+        if_match: Annotated[
+            str | None,
+            Header(
+                description='Touch only if the version is `"N"` (or `*`: exists).',
+                json_schema_extra=TAG_LIST,
+            ),
+        ] = None,
+    ) -> Response:
+        """The value is not sent again and its version stays: the ETag names the value and its
+        content type, which a touch does not change. Every cached copy, which carries the old
+        expiry, is retired as by an invalidate; the next read loads the new expiry."""
         return _documented_only()
 
     return router

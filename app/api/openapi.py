@@ -91,7 +91,7 @@ def _security(schema: dict[str, Any]) -> None:
     }
     problem_ref = {"$ref": "#/components/schemas/Problem"}
     for path, item in schema.get("paths", {}).items():
-        if not path.startswith(("/v1/keys", "/v1/admin")):
+        if not path.startswith(("/v1/keys", "/v1/admin", "/v1/batch")):
             continue
         for operation in item.values():
             operation["security"] = [{"apiKey": []}]

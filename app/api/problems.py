@@ -80,7 +80,9 @@ def _close(_exc: Any) -> dict[str, str]:
     return {"Connection": "close"}
 
 
-def _current_etag(exc: errors.StoreConflictError) -> dict[str, str] | None:
+def _current_etag(
+    exc: errors.StoreConflictError | errors.VersionUnavailableError,
+) -> dict[str, str] | None:
     return None if exc.current_version is None else {"ETag": etag(exc.current_version)}
 
 
@@ -139,6 +141,17 @@ PROBLEMS: dict[type[Exception], Answer] = {
         "invalid-precondition", 400, "Invalid precondition header",
         "If-Match / If-None-Match must be * or a list of entity-tags such as \"42\".",
     )),
+    errors.InvalidMinVersionError: Answer(_kind(
+        "invalid-min-version", 400, "Invalid Cachegw-Min-Version",
+        "Cachegw-Min-Version must be a version number: the digits of an ETag such as \"42\", "
+        "with or without its quotes.",
+    )),
+    errors.InvalidBatchError: Answer(_kind(
+        "invalid-batch", 400, "Invalid batch",
+        "The body of POST /v1/batch must be JSON of the form {\"ops\": [...]}, each op one of "
+        "get, put, delete, touch, invalidate with its fields, at most the limit of ops; nothing "
+        "was read or written.",
+    )),
     errors.InvalidCacheControlError: Answer(_kind(
         "invalid-cache-control", 400, "Invalid Cache-Control",
         "max-stale, stale-if-error and max-age take a whole number of seconds.",
@@ -178,6 +191,11 @@ PROBLEMS: dict[type[Exception], Answer] = {
         "committed, or not. Read the key with Cache-Control: no-cache (its ETag says which "
         "version is current) before you retry a conditional write.",
     ), headers=_retry_in_1s),
+    errors.VersionUnavailableError: Answer(_kind(
+        "min-version-unavailable", 412, "Version not available",
+        "The read asked for Cachegw-Min-Version N and the authoritative store's entry is older "
+        "than N (N came from elsewhere, or was made up). ETag names the store's version.",
+    ), headers=_current_etag),
     errors.NotCachedError: Answer(_kind(
         "not-cached", 504, "Not cached",
         "only-if-cached was asked and no cache tier holds the key within policy.",
@@ -251,6 +269,20 @@ def error_response(exc: Exception, *, instance: str | None = None) -> Response:
         instance=instance if found.with_instance else None, headers=found.headers(exc),
         extra=found.extra(exc),
     )  # fmt: skip
+
+
+def problem_document(exc: Exception) -> tuple[dict[str, object], dict[str, str]]:
+    """The problem body for ``exc`` (as ``error_response`` would send it, without an instance)
+    and the headers it would carry: for one operation of a batch."""
+    found = answer_for(exc)
+    if found.kind is INTERNAL:
+        log.error("unexpected error", exc_info=exc)
+    kind = found.kind
+    body: dict[str, object] = {
+        "type": kind.uri, "title": kind.title, "status": kind.status, "detail": found.detail(exc),
+    }  # fmt: skip
+    body.update(found.extra(exc) or {})
+    return body, found.headers(exc) or {}
 
 
 def problem_page(slug: str) -> Response:

@@ -39,9 +39,14 @@ class Check(BaseModel):
 
 
 class Readiness(BaseModel):
-    """Per-check readiness; the gateway is ready when the store answers."""
+    """Ready means "can serve": the store answers, or Redis answers for some slots (its copies
+    are served, within the read's staleness policy, while writes fail); never while draining."""
 
     ready: bool
+    serves: str = Field(
+        description="What this instance can answer now.",
+        examples=["reads and writes", "reads of what Redis holds; writes fail"],
+    )
     checks: dict[str, Check]
 
 
@@ -140,6 +145,14 @@ PRECONDITION = problem_response(
 BAD_PRECONDITION = problem_response(
     "If-Match / If-None-Match (or, on reads, Cache-Control) is malformed.",
     "invalid-precondition", 'If-Match must be * or a comma-separated list of entity-tags like "42"',
+)  # fmt: skip
+BAD_READ_HEADER = problem_response(
+    "If-None-Match, Cache-Control or Cachegw-Min-Version is malformed.",
+    "invalid-precondition", 'If-None-Match must be * or a comma-separated list of entity-tags',
+)  # fmt: skip
+MIN_VERSION_UNAVAILABLE = problem_response(
+    "Cachegw-Min-Version N, and the store's entry is older than N.", "min-version-unavailable",
+    "the store's entry is version 41, older than the 45 asked for", headers={"ETag": ETAG},
 )  # fmt: skip
 TOO_LARGE = problem_response(
     "The body is larger than the value size limit (read no further than the limit).",

@@ -224,13 +224,17 @@ class SlotRouter:
         deadline: float,
         route: str | None = None,
         bulk: bool = False,
+        count_slow: bool | None = None,
     ) -> list[Reply]:
         """Several commands to one node in one round trip (one group: one connection, in
-        order), under the route's breaker; a reply per command, ResponseErrors as values."""
+        order), under the route's breaker; a reply per command, ResponseErrors as values.
+        ``count_slow`` (default: not ``bulk``): whether the call's latency counts against the
+        node, as for one command; a large group is slow for its size, not for the node."""
         client = self.node(address, readonly=readonly, bulk=bulk)
         breaker = None if route is None else self._breaker(route, address)
+        slow = not bulk if count_slow is None else count_slow
         return await self._guarded_call(
-            client, breaker, commands, deadline=deadline, count_slow=not bulk
+            client, breaker, commands, deadline=deadline, count_slow=slow
         )
 
     async def _guarded_call(
@@ -282,7 +286,7 @@ class SlotRouter:
             breaker.release()  # local saturation, or a client closed by us: not the node's fault
             raise
         except TierError:
-            breaker.record(ok=False, duration_s=loop.time() - started)
+            breaker.record(ok=False, duration_s=loop.time() - started, in_run=count_slow)
             raise
         except BaseException:
             # Cancelled, or not the node's failure at all (a bug of ours, raised unmapped by the

@@ -1,7 +1,7 @@
 """Hash slots and the slot map.
 
-The slot of a key is CRC16 (XMODEM, which is what ``binascii.crc_hqx`` computes in C) of the key,
-or of its hash tag, modulo 16384, as the Redis Cluster specification defines it.
+The slot of a key is CRC16 (XMODEM) of the key, or of its hash tag, modulo 16384, as the Redis
+Cluster specification defines it: redis-py's ``redis.crc.key_slot`` (``binascii.crc_hqx`` in C).
 """
 
 from __future__ import annotations
@@ -9,19 +9,13 @@ from __future__ import annotations
 from binascii import crc_hqx
 from dataclasses import dataclass, field
 
+# The hash slot of a key (only the part inside the first non-empty ``{...}`` counts), re-exported
+# as it is: the hot path calls it once per request.
+from redis.crc import key_slot as key_slot
+
 SLOT_COUNT = 16384
 
 Address = tuple[str, int]
-
-
-def key_slot(key: bytes) -> int:
-    """The hash slot of ``key``: only the part inside the first non-empty ``{...}`` counts."""
-    start = key.find(b"{")
-    if start >= 0:
-        end = key.find(b"}", start + 1)
-        if end > start + 1:
-            key = key[start + 1 : end]
-    return crc_hqx(key, 0) & (SLOT_COUNT - 1)
 
 
 _TAGS: dict[int, bytes] = {}  # slot -> the first hex string found that hashes there

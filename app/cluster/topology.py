@@ -15,7 +15,6 @@ node's identity (``run_id`` from ``INFO server``, replication id and offset) to 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -162,8 +161,7 @@ class TopologyWatcher:
         for address in list(self.health):
             if address not in nodes:
                 del self.health[address]
-                with contextlib.suppress(KeyError):  # its gauge goes with it
-                    telemetry.REPLICA_LAG.remove(format_address(address))
+                telemetry.forget(telemetry.REPLICA_LAG, format_address(address))
         self._derive_lag()
         self._note_believed_positions()
         self._publish()

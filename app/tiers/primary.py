@@ -7,10 +7,15 @@ import logging
 import math
 import secrets
 
+from redis import exceptions as rex
+
 from app.cluster.slot_router import SlotRouter
-from app.cluster.slots import Address
+from app.cluster.slots import Address, key_slot
 from app.codec import (
+    LEASE,
+    LEASE_DONE,
     MARK,
+    MARK_IS_OWN,
     POLL_FILL,
     SET_IF_NEWER,
     UNLESS_TOMBSTONE_UNLINK,
@@ -23,8 +28,9 @@ from app.codec import (
     lock_key,
     marker_key,
     now_ms,
+    repair_lease_key,
 )
-from app.errors import TierUnavailableError
+from app.errors import TierError, TierUnavailableError
 from app.settings import RedisSettings
 from app.tiers.base import MISS, Copy, KeyRef
 from app.tiers.sizes import LARGE_VALUE_BYTES, LargeValues, transfer_s
@@ -73,6 +79,45 @@ class PrimaryTier:
         self.large.saw(ref.rkey, len(raw) if isinstance(raw, bytes) else 0)
         behind_s = 0.0 if self.slots.provenance.trusted(address) else math.inf
         return parse_reply(raw, ref, behind_s=behind_s)
+
+    async def get_many(
+        self, refs: list[KeyRef], *, deadline: float
+    ) -> list[Copy | TierError | None]:
+        """Many keys' copies, one group of GETs per primary: one round trip, one call under the
+        node's breaker, whose latency does not count as slow (the group is slow for its size).
+        Per key: its copy; a ``TierError`` when its node could not answer; None when this path
+        does not serve it (a large value, a slot with no known owner, an avoided node, a
+        redirect reply): the caller reads that key alone (``get``), which handles each case."""
+        out: list[Copy | TierError | None] = [None] * len(refs)
+        by_node: dict[Address, list[int]] = {}
+        slots = self.slots.map.slots
+        for index, ref in enumerate(refs):
+            if self.large.size(ref.rkey) is not None:
+                continue
+            shard = slots[key_slot(ref.rkey)]
+            if shard is not None and not self.slots.avoid(shard.primary):
+                by_node.setdefault(shard.primary, []).append(index)
+
+        async def one_node(address: Address, indices: list[int]) -> None:
+            commands = [(b"GET", refs[i].rkey) for i in indices]
+            try:
+                replies = await self.slots.call_on(
+                    address, *commands, readonly=False, deadline=deadline, route="primary",
+                    count_slow=len(commands) == 1,
+                )  # fmt: skip
+            except TierError as exc:
+                for i in indices:
+                    out[i] = exc
+                return
+            behind_s = 0.0 if self.slots.provenance.trusted(address) else math.inf
+            for i, raw in zip(indices, replies, strict=True):
+                if isinstance(raw, rex.ResponseError):
+                    continue  # MOVED, ASK, TRYAGAIN, CLUSTERDOWN: read alone, which handles it
+                self.large.saw(refs[i].rkey, len(raw) if isinstance(raw, bytes) else 0)
+                out[i] = parse_reply(raw, refs[i], behind_s=behind_s)
+
+        await asyncio.gather(*(one_node(a, i) for a, i in by_node.items()))
+        return out
 
     async def put(
         self, ref: KeyRef, record: Entry | Tombstone, *, deadline: float, refresh: bool = False
@@ -151,6 +196,41 @@ class PrimaryTier:
         found = await self.slots.execute_on(
             address, b"GET", marker_key(self.key_prefix, slot), readonly=False, deadline=deadline
         )
+        return found if isinstance(found, bytes) else None
+
+    async def lease(
+        self, address: Address, slot: int, token: bytes, *, ttl_ms: int, deadline: float
+    ) -> bool:
+        """Take (or renew) the lease on repairing the node: True if ``token`` holds it now."""
+        held = await self.slots.execute_on(
+            address, b"EVAL", LEASE, 1, repair_lease_key(self.key_prefix, slot), token, ttl_ms,
+            readonly=False, deadline=deadline,
+        )  # fmt: skip
+        return bool(held)
+
+    async def finish_lease(
+        self, address: Address, slot: int, token: bytes, *, ttl_ms: int, deadline: float
+    ) -> None:
+        """The repair is over: the lease, if ``token`` still holds it, becomes its record."""
+        await self.slots.execute_on(
+            address, b"EVAL", LEASE_DONE, 1, repair_lease_key(self.key_prefix, slot), token,
+            ttl_ms, readonly=False, deadline=deadline,
+        )  # fmt: skip
+
+    async def marker_is_own(self, address: Address, slot: int, *, deadline: float) -> bool:
+        """Whether the node's marker names the Redis process that holds it now."""
+        own = await self.slots.execute_on(
+            address, b"EVAL", MARK_IS_OWN, 1, marker_key(self.key_prefix, slot),
+            readonly=False, deadline=deadline,
+        )  # fmt: skip
+        return bool(own)
+
+    async def lease_holder(self, address: Address, slot: int, *, deadline: float) -> bytes | None:
+        """Who holds the node's repair lease (``done <token>``: whose repair ended), if any."""
+        found = await self.slots.execute_on(
+            address, b"GET", repair_lease_key(self.key_prefix, slot), readonly=False,
+            deadline=deadline,
+        )  # fmt: skip
         return found if isinstance(found, bytes) else None
 
     async def empty(

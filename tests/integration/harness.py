@@ -57,16 +57,24 @@ class Workload:
     problems: list[str] = field(default_factory=list)
     write_latencies: list[float] = field(default_factory=list)
     write_failures: list[str] = field(default_factory=list)
+    write_failed_at: list[float] = field(default_factory=list)  # offsets, as Observation.at
+    read_failed_at: list[float] = field(default_factory=list)  # reads that got no answer
     started: float = 0.0
 
     async def write(self, client: httpx.AsyncClient, key: str) -> int | None:
         body = f"{key}|{uuid.uuid4().hex}".encode()
         self.written[(key, body)] = None  # sent, not yet acknowledged
         began = time.monotonic()
-        response = await client.put(f"/v1/keys/{key}", content=body)
+        try:
+            response = await client.put(f"/v1/keys/{key}", content=body)
+        except httpx.TransportError as exc:  # no answer: the outcome is unknown, as for a 503
+            self.write_failures.append(f"{key}: {type(exc).__name__}")
+            self.write_failed_at.append(began - self.started)
+            return None
         self.write_latencies.append(time.monotonic() - began)
         if response.status_code not in (200, 201):
             self.write_failures.append(f"{key}: {response.status_code} {response.text[:200]}")
+            self.write_failed_at.append(began - self.started)
             return None
         version = int(response.headers["etag"].strip('"'))
         self.written[(key, body)] = version
@@ -103,15 +111,21 @@ class Workload:
             )
         return version
 
-    async def _reader(self, until: float) -> None:
+    async def _reader(self, until: float, interval_s: float) -> None:
+        """Read keys at random until ``until``: back to back, or one per ``interval_s`` (an
+        open loop: a slow answer does not lower the rate asked for, nor is it made up later)."""
         rng = random.Random()
         parts = urlsplit(self.base_url)
         connection = Connection(
             parts.hostname or "127.0.0.1", parts.port or 80, headers=auth_headers()
         )
+        due = time.monotonic()
         try:
             while time.monotonic() < until:
                 await self._read_one(connection, rng.choice(self.keys))
+                if interval_s:
+                    due = max(due + interval_s, time.monotonic() - interval_s)
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
         finally:
             await connection.close()
 
@@ -122,6 +136,7 @@ class Workload:
             response = await connection.request("GET", f"/v1/keys/{key}")
         except (OSError, asyncio.IncompleteReadError) as exc:
             self.problems.append(f"{key}: {type(exc).__name__}")
+            self.read_failed_at.append(began - self.started)
             await asyncio.sleep(0.01)
             return
         latency = time.monotonic() - began
@@ -146,9 +161,12 @@ class Workload:
         readers: int = 50,
         writers: int = 2,
         write_interval_s: float = 0.05,
+        read_rate_per_s: float = 0.0,
         events: Sequence[tuple[float, Callable[[], Awaitable[None]]]] = (),
     ) -> None:
-        """Read and write for ``duration_s``; run each event at its offset (seconds)."""
+        """Read and write for ``duration_s``; run each event at its offset (seconds). Readers
+        go back to back, or together at ``read_rate_per_s``."""
+        read_interval_s = readers / read_rate_per_s if read_rate_per_s else 0.0
         limits = httpx.Limits(max_connections=readers + writers + 5)
         async with httpx.AsyncClient(
             base_url=self.base_url, timeout=5, limits=limits, headers=auth_headers()
@@ -163,7 +181,7 @@ class Workload:
 
             await asyncio.gather(
                 timeline(),
-                *(self._reader(until) for _ in range(readers)),
+                *(self._reader(until, read_interval_s) for _ in range(readers)),
                 *(self._writer(client, until, write_interval_s) for _ in range(writers)),
             )
 
@@ -180,17 +198,24 @@ class Workload:
                 for key in sorted(pending):
                     reply = await connection.request("GET", f"/v1/keys/{key}")
                     fresh = "fwd=stale" not in reply.headers.get("cache-status", "")
-                    if (
-                        reply.status == 200
-                        and fresh
-                        and int(reply.headers["etag"].strip('"')) == (self.acked[key])
-                    ):
+                    if reply.status == 200 and fresh and self._is_last(key, reply):
                         pending.discard(key)
                 if pending:
                     await asyncio.sleep(0.2)
         finally:
             await connection.close()
         assert not pending, f"{len(pending)} keys not at their last acknowledged version"
+
+    def _is_last(self, key: str, reply: Reply) -> bool:
+        """The last acknowledged version, or a newer one from a write that was answered 503
+        "outcome unknown" and did commit (the gateway said it may have: that is allowed)."""
+        version = int(reply.headers["etag"].strip('"'))
+        if version == self.acked[key]:
+            return True
+        unknown = (key, reply.content) in self.written and self.written[
+            (key, reply.content)
+        ] is None
+        return unknown and version > self.acked[key]
 
     def latencies(self, start: float = 0.0, end: float = 1e9) -> list[float]:
         return sorted(o.latency_s for o in self.observations if start <= o.at < end)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 
 import httpx
 import pytest
@@ -182,3 +184,33 @@ async def test_a_gateway_that_cannot_load_its_keys_answers_503_not_401(stack: St
             assert reply.status_code == 404
         finally:
             await proxy.aclose()
+
+
+async def test_a_keys_rate_holds_for_the_fleet_not_for_each_process(stack: Stack) -> None:
+    """Three processes, one key limited to 20/s with a burst of 5, offered about 60/s each:
+    together they admit the burst and the rate once (a per-process limit admits it three
+    times). The bound is checked above (never more than the bucket allows, whatever the pace)
+    and loosely below (the load outpaced the rate)."""
+    limited = create_key(stack, "default", "read", "--rate", "20", "--burst", "5")
+    async with contextlib.AsyncExitStack() as processes:
+        clients = [
+            (await processes.enter_async_context(
+                gateway_client(settings_for(stack), api_key=limited)
+            ))[0]
+            for _ in range(3)
+        ]  # fmt: skip
+        statuses: list[int] = []
+
+        async def offer(client: httpx.AsyncClient, until: float) -> None:
+            while time.monotonic() < until:
+                statuses.append((await client.get(f"/v1/keys/{new_key()}")).status_code)
+                await asyncio.sleep(1 / 60)
+
+        began = time.monotonic()
+        await asyncio.gather(*(offer(c, began + 3.0) for c in clients))
+        elapsed = time.monotonic() - began
+    admitted = statuses.count(404)
+    assert set(statuses) <= {404, 429}, statuses
+    assert statuses.count(429) > 0
+    assert admitted <= 5 + 20 * elapsed + 1, (admitted, elapsed)
+    assert admitted >= 5 + 20 * 3.0 * 0.5, (admitted, elapsed)

@@ -363,9 +363,11 @@ def test_dockerfile_runtime_stage(dockerfile: list[tuple[str, str]]) -> None:
     assert any(k == "EXPOSE" and "8000" in rest.split() for k, rest in final)
     cmds = [rest for keyword, rest in final if keyword == "CMD"]
     assert cmds, "the runtime stage has no CMD"
-    cmd = json.loads(cmds[-1])  # exec form, so that uvicorn gets the signals
-    assert cmd[:2] == ["uvicorn", "app.main:create_app"]
-    assert "--factory" in cmd
+    cmd = json.loads(cmds[-1])  # exec form, so that the server gets the signals (the drain)
+    assert cmd[:2] == ["cachegw", "serve"]  # which honours PORT and WORKERS
+    envs = " ".join(rest for keyword, rest in final if keyword == "ENV")
+    assert re.search(r"\bPORT=8000\b", envs)
+    assert re.search(r"\bWORKERS=1\b", envs)
 
 
 def test_dockerfile_installs_the_lock(dockerfile: list[tuple[str, str]]) -> None:

@@ -101,3 +101,18 @@ def test_stampede_on_a_cold_key(seeded: Seeded) -> None:
 
 def test_failover_reads(seeded: Seeded) -> None:
     k6("failover.js", seeded, KEYS_FILE=str(seeded.keys_file), RATE="50", DURATION="2s")
+
+
+def test_batch_get(seeded: Seeded) -> None:
+    summary = k6("batch_get.js", seeded, VUS="4", DURATION="2s", BATCH_SIZE="20")
+    assert summary["metrics"]["batch_ops_failed"]["values"]["count"] == 0
+
+
+# Scripts not smoked here, and why.
+NOT_SMOKED = {"put_rate.js": "make bench-outbox runs it (an arrival rate for 60 s, no summary)"}
+
+
+def test_every_scenario_has_a_smoke_test() -> None:
+    scripts = {path.name for path in (Path(__file__).parents[1] / "load").glob("*.js")}
+    source = Path(__file__).read_text().split("NOT_SMOKED =")[0]
+    assert {s for s in scripts if f'"{s}"' not in source} == set(NOT_SMOKED)

@@ -47,7 +47,7 @@ async def test_upgrade_downgrade_upgrade_and_no_drift(stack: Stack) -> None:
         run_alembic(dsn, "upgrade", "head")
         expected = {
             "entries", "cache_outbox", "alembic_version", "entry_version_seq",
-            "cachegw_put", "cachegw_delete", "cachegw_invalidate",
+            "cachegw_put", "cachegw_delete", "cachegw_invalidate", "cachegw_touch",
         }  # fmt: skip
         assert expected <= await tables(dsn)
         assert "No new upgrade operations detected" in run_alembic(dsn, "check")

@@ -68,7 +68,9 @@ async def test_writes_while_every_node_is_down_are_acknowledged_then_repaired(
             return isinstance(record, Entry) and record.version == version
 
         await wait_for(repaired, timeout_s=20)
-        assert isinstance(cached(stack, deleted), Tombstone)
+        # Each row has its own retry time (backed off while the nodes were down), so the
+        # delete's row may be repaired a round or a backoff after the put's.
+        await wait_for(lambda: isinstance(cached(stack, deleted), Tombstone), timeout_s=20)
         await wait_for(lambda: gateway.slots.map.covered() == 16384, timeout_s=20)
         got = await client.get(f"/v1/keys/{kept}")
         assert got.content == b"after"
@@ -98,7 +100,10 @@ async def test_a_write_is_503_and_changes_nothing_when_postgres_is_down(
             # A hit is still served; a miss cannot be told from an absence, so it is 503, not 404.
             assert (await client.get(f"/v1/keys/{key}")).content == b"original"
             assert (await client.get(f"/v1/keys/{new_key()}")).status_code == 503
-            assert (await client.get("/readyz")).status_code == 503
+            # Still ready: Redis serves what it holds, and every instance sees the same outage.
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["serves"] == "reads of what Redis holds; writes fail"
         finally:
             stack.start_postgres()
         assert (await client.get(f"/v1/keys/{key}")).content == b"original"

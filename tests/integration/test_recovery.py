@@ -104,3 +104,38 @@ async def test_a_primary_back_from_an_older_snapshot_is_never_believed(
                 assert record is None or isinstance(record, Tombstone), (key, record)
             else:
                 assert record is None or (isinstance(record, Entry) and record.version == version)
+
+
+@pytest.mark.parametrize("other_interval_s", [0.5, 3.0], ids=["together", "one late"])
+async def test_two_processes_repair_a_primary_once_between_them(
+    healthy_stack: Stack, other_interval_s: float
+) -> None:
+    """Both processes see the primary come back from an older snapshot; one replays the outbox
+    into it, the other waits for that repair (or finds it done, when its rounds are slower) and
+    then believes the node too. Before, each replayed it (up to 100,000 rows per process per
+    failover)."""
+    stack = healthy_stack
+    overrides = {
+        "feed": {"versions_ttl_s": 3.0}, "local": {"max_age_s": 3.0},
+        "redis": {"tombstone_ttl_s": 1}, "outbox": {"retain_s": 120.0},
+    }  # fmt: skip
+    settings = settings_for(stack, **overrides)
+    slower = settings_for(
+        stack, **{**overrides, "outbox": {"retain_s": 120.0, "interval_s": other_interval_s}}
+    )
+    async with (
+        gateway_client(settings) as (client, gateway),
+        gateway_client(slower) as (_, other),
+    ):
+        replayed, by_another = repairs("replayed"), repairs("by_another")
+        expected, problems = await back_from_an_older_snapshot(stack, client, gateway)
+        assert problems == [], problems[:5]
+        await wait_believed(gateway, timeout_s=20)
+        await wait_believed(other, timeout_s=20)
+        assert (repairs("replayed") - replayed, repairs("by_another") - by_another) == (1, 1)
+        for key, version in expected.items():
+            record = await asyncio.to_thread(cached, stack, key)
+            if version is None:
+                assert record is None or isinstance(record, Tombstone), (key, record)
+            else:
+                assert record is None or (isinstance(record, Entry) and record.version == version)

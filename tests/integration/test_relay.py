@@ -9,7 +9,7 @@ import contextlib
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Literal
@@ -18,7 +18,10 @@ import asyncpg
 import httpx
 import pytest
 
+from app.announce import encode
 from app.gateway import Gateway
+from app.relay import lock_key
+from app.store import SQL_POSITION, Position
 from devstack import Stack
 from devstack.ports import find_free_port
 from devstack.serving import GATEWAY, ROOT
@@ -246,3 +249,74 @@ async def test_a_relay_cut_off_by_the_network_is_replaced_once_postgres_ends_its
             assert all(g.feed.state.up for _, g in pairs)
             print(f"takeover {took:.1f} s after the relay was cut off")
         pg_proxy.blackhole = False
+
+
+async def test_a_relay_that_falls_behind_makes_local_copies_stale_only(stack: Stack) -> None:
+    """A relay whose batches keep coming but cover an ever older position (a relay starved of
+    CPU, or one paging through a backlog) is as good as a silent one: the writes it has not
+    announced yet are already acknowledged (after ``relay_lost_after_ms``), so copies it has
+    not invalidated must stop passing for current."""
+    channel = "cachegw_invalidation"
+    conn = await asyncpg.connect(stack.pg_dsn)
+    try:
+        # This test is the relay: no gateway can take the lock from it.
+        await wait_for_async(
+            lambda: conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(channel)),
+            timeout_s=10, what="another process holds the relay's lock",
+        )  # fmt: skip
+        stale = await position_now(conn)
+        async with gateway_client(settings_for(stack, feed={"mode": "relay"})) as (_, gateway):
+            state = gateway.feed.state
+            lost_after_s = gateway.settings.feed.relay_lost_after_ms / 1000
+
+            async def beat(position: Position) -> None:
+                for payload in encode([], position=position, before=None):
+                    await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
+
+            async def fresh() -> None:
+                await beat(await position_now(conn))
+
+            # Heartbeats of the present: the feed is up.
+            await beat_until(fresh, lambda: state.up, timeout_s=5, what="the feed never came up")
+            for _ in range(int(2 * lost_after_s / 0.1)):
+                await fresh()
+                await asyncio.sleep(0.1)
+            assert state.up
+            # Heartbeats that stay at one position while time goes on: the relay falls behind.
+            began = time.monotonic()
+            await beat_until(
+                lambda: beat(stale), lambda: not state.up, timeout_s=10,
+                what="a relay falling behind kept local copies trusted",
+            )  # fmt: skip
+            assert time.monotonic() - began < 3 * lost_after_s
+            # Caught up again: trusted again.
+            await beat_until(fresh, lambda: state.up, timeout_s=10, what="the feed never came back")
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock_all()")
+        await conn.close()
+
+
+async def position_now(conn: asyncpg.Connection[asyncpg.Record]) -> Position:
+    row = await conn.fetchrow(SQL_POSITION)
+    assert row is not None
+    return Position(snapshot=row[0], at=row[1])
+
+
+async def wait_for_async(
+    probe: Callable[[], Awaitable[object]], *, timeout_s: float, what: str
+) -> None:
+    began = time.monotonic()
+    while not await probe():
+        assert time.monotonic() - began < timeout_s, what
+        await asyncio.sleep(0.05)
+
+
+async def beat_until(
+    send: Callable[[], Awaitable[None]], done: Callable[[], bool], *, timeout_s: float, what: str
+) -> None:
+    """``send`` every 50 ms (a relay's heartbeats, faster) until ``done()``."""
+    began = time.monotonic()
+    while not done():
+        assert time.monotonic() - began < timeout_s, what
+        await send()
+        await asyncio.sleep(0.05)

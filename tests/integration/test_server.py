@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -63,3 +64,21 @@ def test_docs_and_schema_list_every_operation_with_its_errors(server: str) -> No
     assert {"ETag", "Age", "Cache-Status", "Cache-Control"} <= set(get_headers)
     put_body = operations["putKey"][2]["requestBody"]["content"]
     assert put_body["*/*"]["schema"]["format"] == "binary"
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+def test_an_access_line_per_request_only_when_asked_for(
+    stack: Stack, tmp_path: Path, access_log: bool
+) -> None:
+    env = {"CACHEGW_ACCESS_LOG": "true"} if access_log else {}
+    with (
+        serve_gateway(stack, tmp_path, env=env, timeout_s=10) as base,
+        httpx.Client(base_url=base, timeout=5, headers=auth_headers()) as http,
+    ):
+        for _ in range(5):
+            assert http.get("/v1/keys/access-log-probe").status_code == 404
+    output = next(tmp_path.glob("gateway-*.log")).read_text()
+    lines = [line for line in output.splitlines() if '"uvicorn.access"' in line]
+    probes = [line for line in lines if "/v1/keys/access-log-probe" in line]
+    assert len(probes) == (5 if access_log else 0), lines[:10]
+    assert '"uvicorn.error"' in output  # uvicorn's own lines are kept either way

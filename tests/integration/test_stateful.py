@@ -11,10 +11,12 @@ when the model says they should.
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -150,6 +152,57 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
                     continue
                 answered = (response.content, response.headers["etag"])
                 assert answered == (known[0], f'"{known[1]}"'), response.headers
+
+        def batch(self, ops: list[dict[str, object]]) -> list[dict[str, Any]]:
+            run.chaos.tick()
+            run.checked["batch"] = run.checked.get("batch", 0) + 1
+            response = run.client.post("/v1/batch", json={"ops": ops})
+            assert response.status_code == 200, response.text
+            results: list[dict[str, Any]] = response.json()["results"]
+            assert len(results) == len(ops)
+            return results
+
+        @rule()
+        def batch_get(self) -> None:
+            """Every key in one batch: each answer as the single-key GET's."""
+            results = self.batch([{"op": "get", "key": key} for key in self.keys])
+            for key, result in zip(self.keys, results, strict=True):
+                known = self.model.get(key)
+                if known is None:
+                    assert result["status"] == 404, result
+                    continue
+                assert result["status"] == 200, result
+                value = base64.b64decode(result["value"])
+                if "fwd=stale" in result["cache_status"]:
+                    assert value in self.history[key]
+                    continue
+                assert (value, result["etag"]) == (known[0], f'"{known[1]}"'), result
+
+        @rule(index=KEY_INDEX, value=VALUES, other=KEY_INDEX)
+        def batch_put_then_get(self, index: int, value: bytes, other: int) -> None:
+            """A put and a get of the same key in one batch (in order), and a delete of
+            another: the get reads the put."""
+            key, gone = self.keys[index], self.keys[other]
+            ops: list[dict[str, object]] = [
+                {"op": "put", "key": key, "value": base64.b64encode(value).decode()},
+                {"op": "get", "key": key},
+            ]
+            if gone != key:
+                ops.append({"op": "delete", "key": gone})
+            results = self.batch(ops)
+            assert results[0]["status"] == (200 if key in self.model else 201), results[0]
+            version = int(results[0]["etag"].strip('"'))
+            assert version > self.last_version, (version, self.last_version)
+            self.last_version = version
+            self.model[key] = (value, version)
+            self.history[key].add(value)
+            assert results[1]["status"] == 200, results[1]
+            assert (base64.b64decode(results[1]["value"]), results[1]["etag"]) == (
+                value, f'"{version}"'
+            ), results[1]  # fmt: skip
+            if gone != key:
+                assert results[2]["status"] == (204 if gone in self.model else 404), results[2]
+                self.model.pop(gone, None)
 
         @rule(index=KEY_INDEX)
         def delete(self, index: int) -> None:

@@ -8,6 +8,7 @@ import type { components, paths } from "cachegw-schema";
 
 type Problem = components["schemas"]["Problem"];
 type WriteResult = components["schemas"]["WriteResult"];
+type BatchResult = components["schemas"]["OpResult"];
 type KeyPath = paths["/v1/keys/{key}"];
 // The names of the response headers the schema documents (without the `[name: string]` index
 // signature openapi-typescript adds): if one is renamed or dropped, this file stops compiling.
@@ -151,6 +152,30 @@ async function main(): Promise<void> {
 
   const again = await client.DELETE("/v1/keys/{key}", { params: { path } });
   expect(again.response.status === 404, `DELETE (absent): status ${again.response.status}`);
+
+  // 8. A batch: a put, a get of it (ops on one key run in order), a get of the deleted key.
+  const value = Buffer.from("batched").toString("base64");
+  const batched = await client.POST("/v1/batch", {
+    body: {
+      ops: [
+        { op: "put", key, value, content_type: "text/plain", ttl: 60 },
+        { op: "get", key },
+        { op: "get", key: `${key}:absent` },
+      ],
+    },
+  });
+  expect(batched.response.status === 200, `POST /v1/batch: status ${batched.response.status}`);
+  const results: BatchResult[] = batched.data?.results ?? [];
+  const [bPut, bGot, bNone] = results;
+  expect(bPut && bGot && bNone && results.length === 3, `batch: ${JSON.stringify(batched.data)}`);
+  expect(bPut.status === 201, `batch put: ${JSON.stringify(bPut)}`);
+  expect(
+    bGot.status === 200 && bGot.value === value && bGot.etag === bPut.etag,
+    `batch get: ${JSON.stringify(bGot)}`,
+  );
+  expect(bGot.content_type === "text/plain", `batch get: content_type ${bGot.content_type}`);
+  expect(bNone.status === 404 && isProblem(bNone.problem), `batch get (absent): ${JSON.stringify(bNone)}`);
+  console.log(`POST /v1/batch: ${results.map((r) => r.status).join(", ")}`);
 }
 
 try {

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from app.codec import Entry, Tombstone, now_ms
 from app.errors import StoreConflictError, StoreUnavailableError
-from app.source import PutResult, RemoveResult
+from app.source import PutResult, RemoveResult, TouchResult
 from app.tiers.base import Copy, KeyRef
 
 Record = Entry | Tombstone | None
@@ -156,6 +156,29 @@ class FakeStore:
         self.seq += 1
         self.rows[namespace, key] = live._replace(seq=self.seq, stored_at_ms=0)
         return RemoveResult(live.version, self.seq, self.seq)
+
+    async def touch(
+        self,
+        namespace: str,
+        key: str,
+        *,
+        ttl_ms: int,
+        if_match: list[int] | None,
+        if_exists: bool,
+        deadline: float,
+    ) -> TouchResult | None:
+        self._check()
+        live = self._live(namespace, key)
+        if live is None:
+            if if_match is not None or if_exists:
+                raise StoreConflictError("precondition failed", current_version=None)
+            return None
+        if if_match is not None and live.version not in if_match:
+            raise StoreConflictError("precondition failed", current_version=live.version)
+        self.seq += 1
+        expires_at_ms = now_ms() + ttl_ms
+        self.rows[namespace, key] = live._replace(seq=self.seq, expires_at_ms=expires_at_ms)
+        return TouchResult(live.version, self.seq, expires_at_ms, self.seq)
 
 
 class FakeOutbox:

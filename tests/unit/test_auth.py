@@ -7,11 +7,12 @@ from typing import Any, cast
 
 import pytest
 
-from app.auth import ApiKeys, hash_secret, make_key, split_token
+from app.auth import ApiKeys, Principal, hash_secret, make_key, split_token
 from app.errors import (
     AuthUnavailableError,
     ForbiddenError,
     RateLimitedError,
+    TierUnavailableError,
     UnauthenticatedError,
 )
 from app.settings import AuthSettings
@@ -208,3 +209,86 @@ async def test_unknown_prefixes_are_remembered_and_lookups_are_budgeted() -> Non
     with pytest.raises(UnauthenticatedError):
         await table.authenticate(b"Bearer cg_nothex!!_x")  # not a prefix we make: not asked
     assert store.lookups <= 21
+
+
+class SharedBuckets:
+    """The fleet's buckets as ``app/ratelimit.py`` keeps them in Redis (one per key, refilled by
+    one clock, a token taken only when there is one), or down: ``TierUnavailableError``."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.down = False
+        self.calls = 0
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    async def take(self, prefix: str, *, rate_per_s: float, burst: float, deadline: float) -> float:
+        self.calls += 1
+        if self.down:
+            raise TierUnavailableError("primary down", route="primary")
+        tokens, at = self._buckets.get(prefix, (burst, self.clock.now))
+        tokens = min(burst, tokens + (self.clock.now - at) * rate_per_s)
+        wait_s = 0.0
+        if tokens >= 1:
+            tokens -= 1
+        else:
+            wait_s = (1 - tokens) / rate_per_s
+        self._buckets[prefix] = (tokens, self.clock.now)
+        return wait_s
+
+
+async def admitted(table: ApiKeys, principal: Principal, count: int) -> int:
+    """How many of ``count`` requests the table admits, as the middleware asks it."""
+    passed = 0
+    for _ in range(count):
+        try:
+            if not table.admit(principal):
+                await table.admit_shared(principal)
+        except RateLimitedError:
+            continue
+        passed += 1
+    return passed
+
+
+def fleet(clock: Clock, shared: SharedBuckets, count: int, **fields: Any) -> list[ApiKeys]:
+    tables = [keys(row("abcd1234", "secret", **fields), clock=clock) for _ in range(count)]
+    for table in tables:
+        table.limiter = shared
+    return tables
+
+
+async def test_a_shared_bucket_limits_the_fleet_as_a_whole() -> None:
+    clock = Clock()
+    shared = SharedBuckets(clock)
+    tables = fleet(clock, shared, 3, rate_per_s=50.0, burst=10)
+    principal = await tables[0].authenticate(b"Bearer cg_abcd1234_secret")
+    passed = 0
+    for _ in range(1000):  # 10 s, each process offered 100 requests a second
+        for table in tables:
+            passed += await admitted(table, principal, 1)
+        clock.now += 0.01
+    assert abs(passed - (10 + 50 * 10)) <= 1  # the burst, then the rate: not three times it
+
+
+async def test_a_refusal_is_kept_until_its_token_is_due_without_asking_redis_again() -> None:
+    clock = Clock()
+    shared = SharedBuckets(clock)
+    (table,) = fleet(clock, shared, 1, rate_per_s=2.0, burst=1)
+    principal = await table.authenticate(b"Bearer cg_abcd1234_secret")
+    assert await admitted(table, principal, 1) == 1
+    assert await admitted(table, principal, 1000) == 0
+    assert shared.calls == 2  # the first refusal said 0.5 s; the rest were refused here
+    clock.now += 0.5
+    assert await admitted(table, principal, 1) == 1
+    assert shared.calls == 3
+
+
+async def test_while_redis_cannot_answer_each_process_keeps_the_whole_rate() -> None:
+    clock = Clock()
+    shared = SharedBuckets(clock)
+    shared.down = True
+    tables = fleet(clock, shared, 3, rate_per_s=1.0, burst=5)
+    principal = await tables[0].authenticate(b"Bearer cg_abcd1234_secret")
+    assert [await admitted(t, principal, 100) for t in tables] == [5, 5, 5]
+    shared.down = False
+    clock.now += 100
+    assert sum([await admitted(t, principal, 100) for t in tables]) == 5  # shared again

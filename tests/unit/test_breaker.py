@@ -138,3 +138,22 @@ def test_the_board_forgets_routes_that_no_longer_exist() -> None:
     board.retain(lambda route: route != "primary@10.0.0.1:6379")
     assert sorted(b.route for b in board.breakers()) == ["replica@10.0.0.2:6379", "store"]
     assert board.get("primary@10.0.0.1:6379").state is State.CLOSED  # a fresh one, if it returns
+
+
+def test_a_run_of_failures_opens_a_busy_route_at_once() -> None:
+    """A node that stops answering after a busy minute: the window still holds thousands of
+    successes, so the rate would take half the window to cross its threshold; the run of
+    failures opens the breaker at once."""
+    clock = FakeClock()
+    b = breaker(clock)
+    for _ in range(2000):
+        b.record(ok=True, duration_s=0.001)
+    for _ in range(SETTINGS.consecutive_failures - 1):
+        b.record(ok=False, duration_s=0.06)
+    assert b.state is State.CLOSED
+    b.record(ok=True, duration_s=0.001)  # a success ends the run
+    for _ in range(SETTINGS.consecutive_failures - 1):
+        b.record(ok=False, duration_s=0.06)
+    assert b.state is State.CLOSED
+    b.record(ok=False, duration_s=0.06)
+    assert b.state is State.OPEN

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from app.errors import (
     StoreUnavailableError,
     TierTimeoutError,
     TierUnavailableError,
+    VersionUnavailableError,
 )
 from app.feed import FeedState, VersionMap
 from app.router import FallbackRouter, ReadPolicy
@@ -262,6 +264,25 @@ async def test_invalidate_drops_local_and_leaves_a_tombstone() -> None:
     assert rig.primary.data[rig.ref.rkey] == Tombstone(removed.seq)
     result = await rig.router.get(rig.ref)
     assert (result.tier, result.entry.seq) == ("store", removed.seq)
+
+
+async def test_a_touch_keeps_the_version_and_retires_every_copy_of_the_old_expiry() -> None:
+    rig = Rig()
+    put = await rig.router.put(rig.ref, b"v", content_type="a/b", ttl_s=60)
+    touched = await rig.router.touch(rig.ref, ttl_s=3600)
+    assert touched.version == put.version
+    assert touched.seq > put.seq
+    assert rig.local.lookup(rig.ref).record is None
+    assert rig.primary.data[rig.ref.rkey] == Tombstone(touched.seq)
+    assert rig.versions.newest("default", "k") == touched.seq
+    assert touched.outbox_id in rig.outbox.done_ids
+    result = await rig.router.get(rig.ref)
+    assert (result.tier, result.entry.version) == ("store", put.version)
+    assert result.entry.expires_at_ms == touched.expires_at_ms
+    with pytest.raises(StoreConflictError):
+        await rig.router.touch(rig.ref, ttl_s=10, if_match=[put.version + 1])
+    with pytest.raises(KeyNotFoundError):
+        await rig.router.touch(rig.router.ref("default", "absent"), ttl_s=10)
 
 
 async def test_a_cache_update_that_fails_leaves_the_outbox_row_for_the_repairer() -> None:
@@ -576,3 +597,40 @@ async def test_a_failed_precondition_changes_nothing_and_names_the_live_version(
     with pytest.raises(StoreConflictError) as caught:
         await rig.router.delete(other, if_exists=True)
     assert caught.value.current_version is None
+
+
+async def test_a_min_version_skips_every_older_copy_and_reads_the_store() -> None:
+    """Read-your-writes: the caller wrote version 7 elsewhere; no announcement reached this
+    process, its primary is down, the replica and the local tier hold version 4."""
+    rig = Rig(store=FakeStore(rows={("default", "k"): entry(b"new", 7)}))
+    rig.primary_fails()
+    rig.replica.data[rig.ref.rkey] = entry(b"old", 4)
+    rig.local.keep(rig.ref, entry(b"old", 4))
+    assert (await rig.router.get(rig.ref)).entry.value == b"old"  # without it: the old copy
+    result = await rig.router.get(rig.ref, replace(DEFAULT, min_version=7))
+    assert (result.entry.value, result.tier) == (b"new", "store")
+
+
+async def test_a_min_version_at_or_under_the_cached_one_is_a_hit() -> None:
+    rig = Rig()
+    rig.primary.data[rig.ref.rkey] = entry(b"cached", 7)
+    result = await rig.router.get(rig.ref, replace(DEFAULT, min_version=7))
+    assert (result.entry.value, result.tier) == (b"cached", "primary")
+    assert rig.store.gets == 0
+
+
+async def test_a_min_version_newer_than_the_store_is_refused_with_its_version() -> None:
+    rig = Rig(store=FakeStore(rows={("default", "k"): entry(b"stored", 7)}))
+    rig.primary.data[rig.ref.rkey] = entry(b"stored", 7)
+    with pytest.raises(VersionUnavailableError) as caught:
+        await rig.router.get(rig.ref, replace(DEFAULT, min_version=9))
+    assert caught.value.current_version == 7
+
+
+async def test_a_min_version_never_serves_an_older_copy_when_the_store_is_down() -> None:
+    rig = Rig(store=FakeStore(down=True))
+    rig.primary_fails()
+    rig.replica.data[rig.ref.rkey] = entry(b"old", 4)
+    anything = ReadPolicy(max_stale_s=1e9, stale_if_error_s=1e9, min_version=5)
+    with pytest.raises(StoreUnavailableError):
+        await rig.router.get(rig.ref, anything)

@@ -9,10 +9,15 @@ from app.api.deps import PRINCIPAL, gateway_in
 from app.api.problems import error_response
 from app.errors import AccessError, AuthUnavailableError
 
+ANY_SCOPE = "any"  # a batch: each op checks its own scope
+
 
 def required_scope(scope: Scope, *, protect_metrics: bool) -> str | None:
-    """The scope a request needs: None for the open endpoints (health, docs, schema)."""
+    """The scope a request needs: None for the open endpoints (health, docs, schema);
+    ``ANY_SCOPE`` for a batch, whose ops each need their own (``app/api/batch.py``)."""
     path: str = scope["path"]
+    if path == "/v1/batch":
+        return ANY_SCOPE
     if path.startswith("/v1/keys/"):
         return "read" if scope["method"] in ("GET", "HEAD") else "write"
     if path.startswith("/v1/admin"):
@@ -42,8 +47,10 @@ class AuthenticationMiddleware:
             auth = gateway_in(scope).auth
             try:
                 principal = auth.verified(authorization) or await auth.authenticate(authorization)
-                principal.require(needed)
-                auth.admit(principal)
+                if needed != ANY_SCOPE:
+                    principal.require(needed)
+                if not auth.admit(principal):
+                    await auth.admit_shared(principal)
             except (AccessError, AuthUnavailableError) as exc:
                 telemetry.AUTH_REFUSALS.labels(reason=type(exc).__name__).inc()
                 await error_response(exc, instance=scope["path"])(scope, receive, send)
