@@ -356,7 +356,8 @@ class FallbackRouter:
                     and not record.expired(now)
                 ):
                     hits += 1
-                    self.caches.keep_local(ref, record)
+                    if self.local is not None:  # the floor is checked just above, this turn
+                        self.local.keep(ref, record)
                     self.loader.maybe_refresh_early(ref, record)
                     results[i] = ReadResult(record, "primary")
             if hits:

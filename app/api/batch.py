@@ -283,8 +283,11 @@ class _Run:
         if not refs:
             return
         found = await self.gateway.router.get_many(refs, policies)
+        now = now_ms()
         for index, answer in zip(wanted, found, strict=True):
-            results[index] = _failed(answer) if isinstance(answer, Exception) else _read(answer)
+            results[index] = (
+                _failed(answer) if isinstance(answer, Exception) else _read(answer, now)
+            )
 
     def _ref(self, op: AnyOp) -> KeyRef:
         if self.principal is not None:
@@ -307,7 +310,8 @@ class _Run:
             return _failed(exc)
 
     async def _get(self, ref: KeyRef, op: GetOp, _limits: LimitSettings) -> Result:
-        return _read(await self.gateway.router.get(ref, self._policy(op)))
+        found = await self.gateway.router.get(ref, self._policy(op))
+        return _read(found, now_ms())
 
     async def _put(self, ref: KeyRef, op: PutOp, limits: LimitSettings) -> Result:
         try:
@@ -361,13 +365,13 @@ class _Run:
         return {"status": 204}
 
 
-def _read(found: ReadResult) -> Result:
+def _read(found: ReadResult, now: int) -> Result:
     entry = found.entry
     result: Result = {
         "status": 200,
         "etag": conditional.etag(entry.version),
         "cache_status": cache_status(found),
-        "age": age_s(found, now_ms()),
+        "age": age_s(found, now),
         "content_type": entry.content_type,
         "value": base64.b64encode(entry.value).decode("ascii"),
     }

@@ -37,6 +37,9 @@ Reply = Any
 LARGE_ARGUMENT_BYTES = 16384
 # A deadline timer that runs this much after its time says the event loop was behind.
 LATE_TIMER_S = 0.005
+# The silence timeout of a batch moves on with its replies at most this often: a node that stops
+# answering is given up after socket_timeout_s of silence, less at most this much.
+SILENCE_STEP_S = 0.001
 
 
 def pack(commands: Iterable[Command]) -> list[bytes]:
@@ -268,8 +271,12 @@ class NodeClient:
                 # A timeout on progress, not on the whole batch: it moves on after each reply,
                 # so a batch that keeps answering is never cut off for being long, and a node
                 # that stops answering is given up after ``socket_timeout_s`` of silence.
-                async with asyncio.timeout(self.options.socket_timeout_s) as silence:
+                # Moved at most once per SILENCE_STEP_S (each move is a new timer handle; a
+                # group of a hundred replies read in one millisecond needs one, not a hundred).
+                timeout_s = self.options.socket_timeout_s
+                async with asyncio.timeout(timeout_s) as silence:
                     await conn.send_packed_command(chunks, check_health=False)
+                    moved = loop.time()
                     for index, group in enumerate(batch):  # noqa: B007 - read by the handlers
                         replies: list[Reply] = []
                         for _ in group.commands:
@@ -277,7 +284,10 @@ class NodeClient:
                                 replies.append(await conn.read_response(disable_decoding=True))
                             except rex.ResponseError as reply:
                                 replies.append(reply)
-                            silence.reschedule(loop.time() + self.options.socket_timeout_s)
+                            now = loop.time()
+                            if now - moved >= SILENCE_STEP_S:
+                                silence.reschedule(now + timeout_s)
+                                moved = now
                         self._in_flight -= 1
                         if not group.future.done():
                             group.future.set_result(replies)
