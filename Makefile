@@ -6,9 +6,11 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 PIP_VERSION := 26.3
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+PIP_INSTALL := $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: help install system-deps system-deps-test run serve down status test check lint fmt lock \
-	clean \
+.PHONY: help install install-run system-deps system-deps-test run serve down status test test-unit \
+	check lint fmt lock clean \
 	bench bench-hotpath bench-store bench-ratelimit bench-fleet bench-failover bench-versions bench-outbox \
 	bench-partition bench-batch \
 	soak
@@ -16,6 +18,7 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make run    install, start the local stack, migrate, serve on http://127.0.0.1:$(PORT)"
 	@echo "make test   install, then every test (the tests start their own stack on free ports)"
+	@echo "make test-unit  the unit tests alone (no stack, seconds)"
 	@echo "make down   stop the local stack started by make run"
 	@echo "make check  ruff, and mypy --strict on app, devstack and tests (CI runs it first)"
 	@echo "make bench  throughput, stampede and CAS: gateway vs a naive proxy (k6)"
@@ -28,7 +31,11 @@ help:
 	@echo "make bench-outbox     300 PUT/s for 60 s: does the outbox stay bounded?"
 	@echo "make soak             10 minutes (SOAK_S) of writes, reads and a fault a minute, checked"
 
+# install: everything (runtime, dev and benchmark tools, the Python client); install-run: what
+# serving needs, no more (make run). Both lock files carry hashes, which pip verifies.
 install: system-deps $(STAMP)
+
+install-run: system-deps $(RUN_STAMP)
 
 system-deps:
 	@scripts/install-system-deps.sh run
@@ -36,29 +43,44 @@ system-deps:
 system-deps-test:
 	@scripts/install-system-deps.sh test
 
-$(STAMP): requirements-dev.lock pyproject.toml
+$(VENV)/.venv-made:
+	@echo "cachegw: creating the virtualenv $(VENV) (pip $(PIP_VERSION))"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --disable-pip-version-check pip==$(PIP_VERSION)
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.lock
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 
-run: install
+$(RUN_STAMP): requirements.lock pyproject.toml $(VENV)/.venv-made
+	@echo "cachegw: installing the runtime dependencies (requirements.lock; a minute the first time)"
+	@$(PIP_INSTALL) --require-hashes -r requirements.lock
+	@$(PIP_INSTALL) --no-deps -e .
+	@touch $@
+
+$(STAMP): requirements-dev.lock pyproject.toml $(VENV)/.venv-made
+	@echo "cachegw: installing the runtime and dev dependencies (requirements-dev.lock)"
+	@$(PIP_INSTALL) --require-hashes -r requirements-dev.lock
+	@$(PIP_INSTALL) --no-deps -e .
+	@touch $@ $(RUN_STAMP)
+
+# The stack as the developer's: logs for people on a terminal, a line per request.
+run: install-run
 	$(BIN)/python -m devstack up
 	$(BIN)/cachegw migrate up --env-file .devstack/env
 	@echo "cachegw: development API key (send Authorization: Bearer <key>):"
 	@$(BIN)/cachegw keys --env-file .devstack/env dev
 	@echo "cachegw: serving on http://127.0.0.1:$(PORT) (docs at /docs); Ctrl-C stops it, 'make down' stops the stack"
-	$(BIN)/cachegw serve --env-file .devstack/env --port $(PORT)
+	CACHEGW_ACCESS_LOG=$${CACHEGW_ACCESS_LOG:-true} $(BIN)/cachegw serve --env-file .devstack/env --port $(PORT)
 
 down:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m devstack down; else echo "nothing to stop"; fi
 
-status: $(STAMP)
+status: $(RUN_STAMP)
 	$(BIN)/python -m devstack status
 
 test: system-deps-test install
 	$(BIN)/pytest
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
 
 # The gateway beside a naive redis-py proxy on its own stack: throughput scenarios A B A B, the
 # two ceilings, a cold-key stampede, compare-and-set writers.
@@ -85,16 +107,12 @@ bench-store: install
 bench-versions: install
 	$(BIN)/python -m bench.versions
 
-# 300 PUT/s for 60 s through the gateway (k6), the outbox's row count every 5 s against its
-# bound (own stack; exits 1 when the outbox grows past it).
-# One key limited to 50/s (burst 50), offered 300/s through three gateways for 10 s, with the
-# shared bucket and with per-process buckets; exits 1 unless the shared one holds within 10%.
-# Also part of make bench: read hits through HAProxy in front of one, two and three gateways.
 # Network faults in the fault lab (root): a minority primary and its heal, then 50-200 ms and 20%
 # loss on one primary; the gateway beside the naive proxy, every read checked against the history.
 bench-partition: install system-deps-test
 	$(BIN)/python -m bench.partition
 
+# Also part of make bench: read hits through HAProxy in front of one, two and three gateways.
 bench-fleet: install system-deps-test
 	$(BIN)/python -m bench.fleet
 
@@ -102,9 +120,13 @@ bench-fleet: install system-deps-test
 bench-batch: install
 	$(BIN)/python -m bench.batch
 
+# One key limited to 50/s (burst 50), offered 300/s through three gateways for 10 s, with the
+# shared bucket and with per-process buckets; exits 1 unless the shared one holds within 10%.
 bench-ratelimit: install
 	$(BIN)/python -m bench.ratelimit
 
+# 300 PUT/s for 60 s through the gateway (k6), the outbox's row count every 5 s against its
+# bound (own stack; exits 1 when the outbox grows past it).
 bench-outbox: install
 	$(BIN)/python -m bench.outbox
 
@@ -127,16 +149,13 @@ fmt: $(STAMP)
 	$(BIN)/ruff format app devstack tests alembic bench deploy
 	$(BIN)/ruff check --fix app devstack tests alembic bench deploy
 
-# Regenerate the pinned trees from pyproject.toml (runtime, then runtime + dev).
-lock:
-	rm -rf .lockvenv
-	$(PYTHON) -m venv .lockvenv
-	.lockvenv/bin/python -m pip install -q pip==$(PIP_VERSION)
-	.lockvenv/bin/pip install -q .
-	.lockvenv/bin/pip freeze --exclude-editable | grep -v '^cachegw' > requirements.lock
-	.lockvenv/bin/pip install -q --group dev
-	.lockvenv/bin/pip freeze --exclude-editable | grep -v '^cachegw' > requirements-dev.lock
-	rm -rf .lockvenv
+# Regenerate the pinned trees, with every file's hash, from pyproject.toml (uv's resolver, a dev
+# tool): runtime, then runtime + dev. UPGRADE=1 takes the newest releases the ranges allow.
+LOCK := $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --python-version 3.11 \
+	$(if $(UPGRADE),--upgrade)
+lock: $(STAMP)
+	$(LOCK) -o requirements.lock
+	$(LOCK) --group dev -o requirements-dev.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""``cachegw``: the project's command (serve, migrate, keys)."""
+"""``cachegw``: the project's command (serve, migrate, keys, config)."""
 
 from __future__ import annotations
 
@@ -9,36 +9,41 @@ import sys
 import tempfile
 from pathlib import Path
 
-from app import keys_cli
+from dotenv import load_dotenv
+
+from app import config, keys_cli
+from app.settings import Settings
 
 DEFAULT_ENV_FILE = Path(".devstack/env")
 
 
-def load_env_file(path: Path) -> None:
-    """Put ``KEY=value`` lines of a dotenv file into the environment (the environment wins)."""
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        name, _, value = line.partition("=")
-        os.environ.setdefault(name.strip(), value.strip().strip("'\""))
-
-
 def _env_file(arg: str | None) -> None:
+    """Load a dotenv file (python-dotenv's parser: ``export``, quotes, escapes, comments); a
+    variable already in the environment wins."""
     path = Path(arg) if arg else DEFAULT_ENV_FILE
     if path.is_file():
-        load_env_file(path)
+        load_dotenv(path, override=False)
     elif arg:
         raise SystemExit(f"cachegw: env file {path} not found")
+
+
+def _settings() -> Settings:
+    """The settings, or an exit with one line per bad value (no traceback); typos warned of."""
+    for warning in config.unknown_variables():
+        print(f"cachegw: warning: {warning}", file=sys.stderr)
+    try:
+        return config.load()
+    except config.ConfigError as exc:
+        for problem in exc.problems:
+            print(f"cachegw: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.settings import Settings
-
     _env_file(args.env_file)
-    server = Settings().server
+    server = _settings().server
     metrics_dir = _multiprocess_metrics(args.workers)
     try:
         uvicorn.run(
@@ -84,17 +89,38 @@ def migrate(args: argparse.Namespace) -> int:
     from alembic.config import Config
 
     _env_file(args.env_file)
-    config = Config(str(Path(__file__).resolve().parent.parent / "alembic.ini"))
+    _settings()
+    alembic = Config(str(Path(__file__).resolve().parent.parent / "alembic.ini"))
     if args.direction == "up":
-        command.upgrade(config, args.revision or "head")
+        command.upgrade(alembic, args.revision or "head")
     else:
-        command.downgrade(config, args.revision or "base")
+        command.downgrade(alembic, args.revision or "base")
     return 0
 
 
 def keys(args: argparse.Namespace) -> int:
     _env_file(args.env_file)
-    return keys_cli.run(args)
+    return keys_cli.run(args, _settings())
+
+
+def config_command(args: argparse.Namespace) -> int:
+    """check: usable or not, and the targets; show: every value in force and its source;
+    reference: the Markdown reference (docs/configuration.md)."""
+    if args.action == "reference":
+        print(config.reference(), end="")
+        return 0
+    _env_file(args.env_file)
+    settings = _settings()
+    if args.action == "show":
+        rows = config.show(settings)
+        width = max(len(variable) for variable, _, _ in rows)
+        for variable, value, source in rows:
+            print(f"{variable:<{width}}  {value}  ({source})")
+        return 0
+    for name, target in config.targets(settings).items():
+        print(f"{name}: {target}")
+    print("cachegw: configuration OK")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     p_migrate.set_defaults(handler=migrate)
 
     keys_cli.add_parser(sub).set_defaults(handler=keys)
+
+    p_config = sub.add_parser("config", help="check, show or document the configuration")
+    p_config.add_argument("action", choices=["check", "show", "reference"])
+    p_config.add_argument("--env-file")
+    p_config.set_defaults(handler=config_command)
 
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     result: int = args.handler(args)

@@ -155,8 +155,7 @@ def _matches(row: ApiKeyRow, parts: tuple[str, str]) -> bool:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = Settings()
+def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "create":
         return asyncio.run(create(settings, args))
     if args.action == "list":

@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line (structlog), with the request id on every line.
+"""Structured logs: one JSON object per line (structlog), with the request id on every line;
+on a terminal (``log_format`` auto), structlog's console renderer instead, for people to read.
 
 Both structlog loggers and the standard library's (``logging.getLogger(__name__)``, used across
 the gateway) go through the same processors. Nothing logs a value, a key or a secret: messages
@@ -10,8 +11,9 @@ from __future__ import annotations
 import logging
 import random
 import re
+import sys
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -35,12 +37,25 @@ def _add_request_id(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str
     return event
 
 
-def configure(level: str, *, access_log: bool = False) -> None:
-    """Route every log record through structlog's JSON renderer (idempotent).
+def configure(
+    level: str,
+    *,
+    access_log: bool = False,
+    log_format: Literal["auto", "json", "console"] = "json",
+) -> None:
+    """Route every log record through structlog's JSON renderer, or its console renderer when
+    ``log_format`` is console, or auto and stderr (where the lines go) is a terminal
+    (idempotent).
 
     uvicorn writes an access line only while its ``uvicorn.access`` logger has a handler
     (checked per connection): without ``access_log`` it gets none, not even the root's.
     """
+    console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if console
+        else structlog.processors.JSONRenderer()
+    )
     shared: list[Any] = [
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -57,8 +72,8 @@ def configure(level: str, *, access_log: bool = False) -> None:
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            *([] if console else [structlog.processors.format_exc_info]),
+            renderer,
         ],
     )
     handler = logging.StreamHandler()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,7 +13,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
-from app import logs, tracing
+from app import config, logs, tracing
 from app.api import admin, batch, docs, health, keys, metrics, openapi, problems
 from app.api.deps import State
 from app.api.dispatch import KeyOperations, serve
@@ -24,6 +25,8 @@ from app.api.middleware import (
 )
 from app.gateway import Gateway
 from app.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def serving_app() -> ASGIApp:
@@ -37,9 +40,14 @@ def create_app(settings: Settings | None = None, *, drain_on_sigterm: bool = Fal
     The answer is the HTTP edge (``app/api/middleware/``) around the key operations
     (``app/api/dispatch.py``) and FastAPI, which serves everything else.
     """
-    settings = settings or Settings()
+    settings = settings or config.load()
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-    logs.configure(settings.log_level, access_log=settings.access_log)
+    logs.configure(
+        settings.log_level, access_log=settings.access_log, log_format=settings.log_format
+    )
+    for warning in config.unknown_variables():
+        log.warning(warning)
+    log.info("targets: %s", ", ".join(f"{k}={v}" for k, v in config.targets(settings).items()))
     if not tracing.ENABLED:
         tracing.setup_from_environment(plain_keys=settings.trace_keys_plainly)
 

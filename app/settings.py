@@ -1,7 +1,8 @@
 """Settings: environment variables with the prefix ``CACHEGW_`` (nested with ``__``).
 
-Built by ``Settings()`` inside the application factory, never at import. A bad value fails
-start-up with pydantic's message, which names the variable.
+Built by ``app.config.load()`` inside the application factory and the commands, never at
+import: a bad value fails start-up with one line naming the variable, the value and the rule.
+Every field has a description: ``docs/configuration.md`` is generated from them.
 """
 
 from __future__ import annotations
@@ -20,24 +21,50 @@ class RedisSettings(BaseModel):
         description="Comma-separated host:port startup nodes; any reachable one gives the map.",
     )
     username: str | None = Field(default=None, description="ACL user (Redis 6+).")
-    password: SecretStr | None = None
+    password: SecretStr | None = Field(
+        default=None, description="Password of the ACL user (or of the default user)."
+    )
     tls: bool = Field(default=False, description="Connect to every node over TLS.")
-    tls_ca_file: str | None = None
+    tls_ca_file: str | None = Field(
+        default=None, description="CA bundle that signs the nodes' certificates (TLS)."
+    )
     tls_cert_file: str | None = Field(default=None, description="Client certificate (mutual TLS).")
-    tls_key_file: str | None = None
-    tls_check_hostname: bool = True
-    connect_timeout_s: float = Field(default=0.2, gt=0, le=10)
-    socket_timeout_s: float = Field(default=0.2, gt=0, le=10)
-    max_connections_per_node: int = Field(default=32, ge=1, le=1024)
+    tls_key_file: str | None = Field(
+        default=None, description="Private key of the client certificate (mutual TLS)."
+    )
+    tls_check_hostname: bool = Field(
+        default=True, description="Check each node's certificate names its host."
+    )
+    connect_timeout_s: float = Field(
+        default=0.2, gt=0, le=10, description="Longest wait to open a connection to a node."
+    )
+    socket_timeout_s: float = Field(
+        default=0.2,
+        gt=0,
+        le=10,
+        description="Longest wait for a node's reply on an open connection.",
+    )
+    max_connections_per_node: int = Field(
+        default=32, ge=1, le=1024, description="Connections kept open to each node."
+    )
     max_in_flight_per_node: int = Field(
         default=1024,
         ge=1,
         le=1_000_000,
         description="Commands queued or in flight to one node before requests are shed (503).",
     )
-    refresh_min_interval_s: float = Field(default=0.5, ge=0, le=60)
-    refresh_interval_s: float = Field(default=5.0, gt=0, le=300)
-    max_redirects: int = Field(default=5, ge=1, le=16)
+    refresh_min_interval_s: float = Field(
+        default=0.5,
+        ge=0,
+        le=60,
+        description="Least time between two reloads of the slot map (a MOVED reply asks for one).",
+    )
+    refresh_interval_s: float = Field(
+        default=5.0, gt=0, le=300, description="The slot map is reloaded this often anyway."
+    )
+    max_redirects: int = Field(
+        default=5, ge=1, le=16, description="MOVED/ASK redirects followed for one command."
+    )
     primary_timeout_ms: int = Field(
         default=60,
         ge=1,
@@ -45,12 +72,21 @@ class RedisSettings(BaseModel):
         description="The primary's share of a read's deadline; the rest is left to the tiers "
         "behind it. Also bounds the cache update after a write.",
     )
-    replica_timeout_ms: int = Field(default=40, ge=1, le=10000)
-    key_prefix: str = Field(default="cg", min_length=1, max_length=32)
+    replica_timeout_ms: int = Field(
+        default=40, ge=1, le=10000, description="The replica's share of a read's deadline."
+    )
+    key_prefix: str = Field(
+        default="cg",
+        min_length=1,
+        max_length=32,
+        description="Prefix of every Redis key the gateway writes (<prefix>:<namespace>:<key>).",
+    )
     ttl_cap_s: int = Field(
         default=3600, ge=1, description="Longest life of a cached copy in Redis."
     )
-    tombstone_ttl_s: int = Field(default=60, ge=1, le=86400)
+    tombstone_ttl_s: int = Field(
+        default=60, ge=1, le=86400, description="How long a delete's tombstone stays in Redis."
+    )
 
     @field_validator("nodes")
     @classmethod
@@ -81,15 +117,27 @@ def parse_nodes(value: str) -> list[tuple[str, int]]:
 class PostgresSettings(BaseModel):
     """The authoritative store."""
 
-    dsn: SecretStr = Field(default=SecretStr("postgresql://postgres@127.0.0.1:15432/cachegw"))
+    dsn: SecretStr = Field(
+        default=SecretStr("postgresql://postgres@127.0.0.1:15432/cachegw"),
+        description="libpq URL of the authoritative store (its password is masked in every "
+        "log and in `cachegw config show`).",
+    )
     ssl_mode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = Field(
         default="prefer",
         description="As libpq's sslmode; verify-* check the server certificate (ssl_ca_file).",
     )
-    ssl_ca_file: str | None = None
-    pool_min_size: int = Field(default=2, ge=0, le=100)
-    pool_max_size: int = Field(default=10, ge=1, le=200)
-    connect_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    ssl_ca_file: str | None = Field(
+        default=None, description="CA bundle for ssl_mode verify-ca and verify-full."
+    )
+    pool_min_size: int = Field(
+        default=2, ge=0, le=100, description="Connections the pool keeps open when idle."
+    )
+    pool_max_size: int = Field(
+        default=10, ge=1, le=200, description="Most connections the pool opens."
+    )
+    connect_timeout_s: float = Field(
+        default=2.0, gt=0, le=60, description="Longest wait to open a connection."
+    )
     # Whether writes keep the per-row NOTIFY: copied from ``feed.mode`` by ``Settings`` (not a
     # variable of its own, so the two cannot disagree), and a ``Store`` built from ``settings.pg``
     # alone writes as the gateway does. Off unless the feed is in notify mode.
@@ -121,14 +169,21 @@ class PostgresSettings(BaseModel):
 class LimitSettings(BaseModel):
     """What a request may carry."""
 
-    max_key_bytes: int = Field(default=512, ge=1, le=4096)
-    max_value_bytes: int = Field(default=1024 * 1024, ge=1, le=64 * 1024 * 1024)
-    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    max_key_bytes: int = Field(default=512, ge=1, le=4096, description="Longest key (UTF-8 bytes).")
+    max_value_bytes: int = Field(
+        default=1024 * 1024, ge=1, le=64 * 1024 * 1024, description="Largest value of a PUT."
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request head (all headers together).",
+    )
     max_target_bytes: int = Field(
         default=8 * 1024, ge=256, le=1024 * 1024, description="Request path and query string."
     )
-    min_ttl_s: int = Field(default=1, ge=1)
-    max_ttl_s: int = Field(default=30 * 86400, ge=1)
+    min_ttl_s: int = Field(default=1, ge=1, description="Shortest TTL a write may ask for.")
+    max_ttl_s: int = Field(default=30 * 86400, ge=1, description="Longest TTL a write may ask for.")
     max_batch_ops: int = Field(default=1000, ge=1, le=100_000, description="Ops per batch.")
     max_batch_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="A batch's body."
@@ -144,12 +199,19 @@ class LimitSettings(BaseModel):
 class OutboxSettings(BaseModel):
     """The repairer that re-applies cache updates that could not reach Redis in time."""
 
-    interval_s: float = Field(default=0.5, gt=0, le=60)
+    interval_s: float = Field(
+        default=0.5, gt=0, le=60, description="How often the repairer looks for rows to re-apply."
+    )
     grace_s: float = Field(
         default=2.0, ge=0, le=600, description="Rows younger than this belong to their request."
     )
-    batch_size: int = Field(default=100, ge=1, le=10000)
-    max_backoff_s: float = Field(default=30.0, gt=0, le=3600)
+    batch_size: int = Field(default=100, ge=1, le=10000, description="Rows re-applied per round.")
+    max_backoff_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Longest pause before a failing row is tried again.",
+    )
     retain_s: float = Field(
         default=120.0,
         ge=0,
@@ -163,18 +225,32 @@ class StalenessSettings(BaseModel):
     """How far behind the store a fallback tier's answer may be (README, "Guarantees")."""
 
     budget_s: float = Field(default=2.0, ge=0, le=3600, description="Default max-stale.")
-    max_stale_cap_s: float = Field(default=60.0, ge=0, le=86400)
+    max_stale_cap_s: float = Field(
+        default=60.0, ge=0, le=86400, description="Largest max-stale a caller may ask for."
+    )
     stale_if_error_s: float = Field(
         default=30.0, ge=0, le=86400, description="Default stale-if-error when the store fails."
     )
-    stale_if_error_cap_s: float = Field(default=3600.0, ge=0, le=86400)
+    stale_if_error_cap_s: float = Field(
+        default=3600.0, ge=0, le=86400, description="Largest stale-if-error a caller may ask for."
+    )
 
 
 class LocalSettings(BaseModel):
     """The in-process LRU."""
 
-    max_entries: int = Field(default=10_000, ge=0, le=10_000_000)
-    max_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=16 * 1024**3)
+    max_entries: int = Field(
+        default=10_000,
+        ge=0,
+        le=10_000_000,
+        description="Entries the in-process LRU holds (0: no local tier).",
+    )
+    max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        le=16 * 1024**3,
+        description="Bytes of values the in-process LRU holds.",
+    )
     max_age_s: float = Field(
         default=60.0,
         gt=0,
@@ -186,8 +262,18 @@ class LocalSettings(BaseModel):
 class FeedSettings(BaseModel):
     """The invalidation feed (Postgres LISTEN/NOTIFY; ``app/feed.py``, ``app/relay.py``)."""
 
-    channel: str = Field(default="cachegw_invalidation", pattern=r"^[a-z_][a-z0-9_]*$")
-    check_interval_s: float = Field(default=1.0, gt=0, le=60)
+    channel: str = Field(
+        default="cachegw_invalidation",
+        pattern=r"^[a-z_][a-z0-9_]*$",
+        description="The LISTEN/NOTIFY channel of the invalidation feed.",
+    )
+    check_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often the feed's connection is checked (and a gap repaired from the "
+        "outbox).",
+    )
     mode: Literal["relay", "notify"] = Field(
         default="notify",
         description="notify: a NOTIFY from every write's transaction, delivered before the write "
@@ -221,7 +307,12 @@ class FeedSettings(BaseModel):
             )
         return self
 
-    versions_max_keys: int = Field(default=200_000, ge=1, le=10_000_000)
+    versions_max_keys: int = Field(
+        default=200_000,
+        ge=1,
+        le=10_000_000,
+        description="Keys whose newest seq is kept (the oldest go first).",
+    )
     versions_ttl_s: float = Field(
         default=120.0, gt=0, le=86400, description="How long the newest seq of a key is kept."
     )
@@ -230,19 +321,38 @@ class FeedSettings(BaseModel):
 class TopologySettings(BaseModel):
     """The topology watcher: node roles and health, off the request path."""
 
-    interval_s: float = Field(default=1.0, gt=0, le=60)
-    timeout_s: float = Field(default=0.3, gt=0, le=10)
-    replica_max_lag_bytes: int = Field(default=1024 * 1024, ge=0)
+    interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often node roles and health are read."
+    )
+    timeout_s: float = Field(
+        default=0.3, gt=0, le=10, description="Longest wait for one node's CLUSTER INFO/INFO reply."
+    )
+    replica_max_lag_bytes: int = Field(
+        default=1024 * 1024,
+        ge=0,
+        description="A replica further behind its primary than this is not read from.",
+    )
 
 
 class BreakerSettings(BaseModel):
     """Circuit breakers per route (``app/breaker.py``)."""
 
-    window_s: int = Field(default=10, ge=1, le=600)
-    min_calls: int = Field(default=20, ge=1, le=100_000)
-    failure_rate: float = Field(default=0.5, gt=0, le=1)
+    window_s: int = Field(
+        default=10, ge=1, le=600, description="The window over which each breaker counts calls."
+    )
+    min_calls: int = Field(
+        default=20,
+        ge=1,
+        le=100_000,
+        description="Calls in the window before the rates can open it.",
+    )
+    failure_rate: float = Field(
+        default=0.5, gt=0, le=1, description="Share of failed calls that opens it."
+    )
     slow_call_s: float = Field(default=0.05, gt=0, le=60, description="The latency SLO.")
-    slow_call_rate: float = Field(default=0.8, gt=0, le=1)
+    slow_call_rate: float = Field(
+        default=0.8, gt=0, le=1, description="Share of calls slower than slow_call_s that opens it."
+    )
     consecutive_failures: int = Field(
         default=20,
         ge=0,
@@ -250,10 +360,24 @@ class BreakerSettings(BaseModel):
         description="This many failures in a row open the breaker whatever the window holds "
         "(a node that stops answering after a busy minute); 0: the rates alone decide.",
     )
-    wait_s: float = Field(default=1.0, gt=0, le=600)
-    max_wait_s: float = Field(default=5.0, gt=0, le=3600)
-    probe_interval_s: float = Field(default=0.25, gt=0, le=60)
-    probe_timeout_s: float = Field(default=0.25, gt=0, le=60)
+    wait_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=600,
+        description="First wait of an open breaker before it probes the route.",
+    )
+    max_wait_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Longest wait (the wait doubles on each failed probe).",
+    )
+    probe_interval_s: float = Field(
+        default=0.25, gt=0, le=60, description="Pause between two probes of a half-open route."
+    )
+    probe_timeout_s: float = Field(
+        default=0.25, gt=0, le=60, description="Longest wait for a probe's answer."
+    )
 
     @model_validator(mode="after")
     def _waits(self) -> BreakerSettings:
@@ -265,9 +389,21 @@ class BreakerSettings(BaseModel):
 class CoalescingSettings(BaseModel):
     """Singleflight in the process, a short Redis lock across processes, early refresh."""
 
-    max_waiters: int = Field(default=4096, ge=1, le=1_000_000)
-    cross_process: bool = True
-    lock_ttl_ms: int = Field(default=500, ge=10, le=60_000)
+    max_waiters: int = Field(
+        default=4096,
+        ge=1,
+        le=1_000_000,
+        description="Requests that may wait on one key's load at once.",
+    )
+    cross_process: bool = Field(
+        default=True, description="Coalesce loads across processes too (a short lock in Redis)."
+    )
+    lock_ttl_ms: int = Field(
+        default=500,
+        ge=10,
+        le=60_000,
+        description="Life of that lock (a crashed loader's is freed then).",
+    )
     xfetch_beta: float = Field(default=1.0, ge=0, le=100, description="0 turns early refresh off.")
     xfetch_min_delta_s: float = Field(
         default=0.05, ge=0, le=60, description="Least recompute time assumed by early refresh."
@@ -277,11 +413,23 @@ class CoalescingSettings(BaseModel):
 class DegradedSettings(BaseModel):
     """The slow-fallback runbook automated: slow fallbacks switch to a more defensive policy."""
 
-    p95_threshold_s: float = Field(default=0.05, gt=0, le=60)
-    window_s: float = Field(default=10.0, gt=0, le=3600)
-    min_samples: int = Field(default=50, ge=1, le=1_000_000)
-    retries: int = Field(default=2, ge=0, le=10)
-    evaluate_interval_s: float = Field(default=1.0, gt=0, le=60)
+    p95_threshold_s: float = Field(
+        default=0.05,
+        gt=0,
+        le=60,
+        description="Degraded mode starts when the p95 of fallback latency over the window "
+        "passes this.",
+    )
+    window_s: float = Field(
+        default=10.0, gt=0, le=3600, description="The window of fallback latencies."
+    )
+    min_samples: int = Field(
+        default=50, ge=1, le=1_000_000, description="Fallbacks in the window before it can start."
+    )
+    retries: int = Field(default=2, ge=0, le=10, description="Retries of a read while degraded.")
+    evaluate_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often the window is looked at."
+    )
 
 
 class AuthSettings(BaseModel):
@@ -299,7 +447,9 @@ class AuthSettings(BaseModel):
     rate_per_s: float = Field(
         default=0.0, ge=0, description="Default request rate per key (see rate_scope); 0: none."
     )
-    burst: int = Field(default=1000, ge=1)
+    burst: int = Field(
+        default=1000, ge=1, description="Requests a key may send at once above its rate."
+    )
     rate_scope: Literal["fleet", "process"] = Field(
         default="fleet",
         description="fleet: a key's rate holds for all processes together (a token bucket in "
@@ -362,12 +512,35 @@ class Settings(BaseSettings):
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     coalescing: CoalescingSettings = Field(default_factory=CoalescingSettings)
     degraded: DegradedSettings = Field(default_factory=DegradedSettings)
-    read_deadline_ms: int = Field(default=250, ge=1, le=60000)
+    read_deadline_ms: int = Field(
+        default=250, ge=1, le=60000, description="A read's whole deadline, every tier included."
+    )
     read_retries: int = Field(default=3, ge=0, le=10, description="Retries of transient errors.")
-    retry_base_s: float = Field(default=0.004, gt=0, le=1)
-    retry_cap_s: float = Field(default=0.04, gt=0, le=5)
-    write_deadline_ms: int = Field(default=2000, ge=1, le=60000)
-    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    retry_base_s: float = Field(
+        default=0.004,
+        gt=0,
+        le=1,
+        description="First pause before a retry (it doubles, with jitter).",
+    )
+    retry_cap_s: float = Field(
+        default=0.04, gt=0, le=5, description="Longest pause between two retries."
+    )
+    write_deadline_ms: int = Field(
+        default=2000,
+        ge=1,
+        le=60000,
+        description="A write's whole deadline (the store's commit included).",
+    )
+    log_level: str = Field(
+        default="INFO",
+        pattern=r"^(DEBUG|INFO|WARNING|ERROR)$",
+        description="DEBUG, INFO, WARNING or ERROR.",
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        description="json: one JSON object per line; console: lines for people to read; auto: "
+        "console when the log stream is a terminal, json otherwise.",
+    )
     access_log: bool = Field(
         default=False,
         description="A log line per request (uvicorn's access log). Off by default: the "

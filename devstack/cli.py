@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from app.config import mask_dsn
 from devstack.config import StackConfig
 from devstack.errors import StackError
-from devstack.postgres import mask_dsn
 from devstack.stack import Stack
 
 

@@ -16,8 +16,9 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from app.config import mask_dsn
 from devstack.config import HOST
 from devstack.errors import StackError
 from devstack.layout import Layout
@@ -353,19 +354,3 @@ class Postgres:
                     raise StackError(f"postgres (pid {pid}) did not exit after SIGKILL")
                 with contextlib.suppress(FileNotFoundError):
                     (self.pg_data / "postmaster.pid").unlink()
-
-
-def mask_dsn(dsn: str) -> str:
-    """The DSN with any password replaced by ``***`` (for printing)."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparsable DSN>"
-    if parts.password is None:
-        return dsn
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -9,10 +9,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from app.config import mask_dsn
 from devstack.cluster_view import NODE_ERRORS, cluster_info, node_client, replication
 from devstack.config import StackConfig
 from devstack.layout import Layout
-from devstack.postgres import Postgres, mask_dsn
+from devstack.postgres import Postgres
 from devstack.redis_cluster import RedisCluster
 
 

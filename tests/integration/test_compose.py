@@ -283,6 +283,22 @@ def test_gateway_configuration(compose: dict[str, Any]) -> None:
     assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
 
 
+def test_a_newcomer_gets_an_api_key_from_a_one_shot_service(compose: dict[str, Any]) -> None:
+    """``docker compose run --rm api-key`` (as the README and compose.yaml say): the gateway's
+    image, the gateway's store, after the migration; a profile of its own, so ``up`` skips it."""
+    services = compose["services"]
+    key = services["api-key"]
+    assert key["image"] == services["gateway"]["image"]
+    assert key["profiles"] == ["setup"]
+    assert key["command"][:3] == ["cachegw", "keys", "create"]
+    assert (
+        key["environment"]["CACHEGW_PG__DSN"]
+        == services["gateway"]["environment"]["CACHEGW_PG__DSN"]
+    )
+    assert _conditions(key) == {"migrate": "service_completed_successfully"}
+    assert "docker compose run --rm api-key" in (ROOT / "README.md").read_text()
+
+
 def test_images_are_pinned(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         if "build" in service:
@@ -372,8 +388,22 @@ def test_dockerfile_runtime_stage(dockerfile: list[tuple[str, str]]) -> None:
 
 def test_dockerfile_installs_the_lock(dockerfile: list[tuple[str, str]]) -> None:
     runs = " ".join(rest for keyword, rest in _stages(dockerfile)[0] if keyword == "RUN")
-    assert re.search(r"pip install --no-cache-dir -r requirements\.lock", runs)
+    assert re.search(r"pip install --no-cache-dir --require-hashes -r requirements\.lock", runs)
     assert re.search(r"pip install --no-cache-dir --no-deps \.", runs)
+
+
+def test_every_locked_package_carries_its_hashes() -> None:
+    """Both locks are made with hashes (make lock) and pip verifies them on every install."""
+    for lock in ("requirements.lock", "requirements-dev.lock"):
+        text = (ROOT / lock).read_text()
+        pins = re.findall(
+            r"^([A-Za-z0-9_.\-]+)==\S+ \\\n((?:\s+--hash=sha256:[0-9a-f]{64}.*\n)+)",
+            text,
+            flags=re.MULTILINE,
+        )
+        names = re.findall(r"^([A-Za-z0-9_.\-]+)==", text, flags=re.MULTILINE)
+        assert names, lock
+        assert [name for name, _ in pins] == names, lock
 
 
 def test_dockerfile_copy_sources_exist(dockerfile: list[tuple[str, str]]) -> None:
