@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 PIP_INSTALL := $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: help install install-run system-deps system-deps-test run serve down status test test-unit \
+.PHONY: help install install-run system-deps system-deps-test run down status test test-unit \
 	check lint fmt lock clean \
 	bench bench-hotpath bench-store bench-ratelimit bench-fleet bench-failover bench-versions bench-outbox \
 	bench-partition bench-batch \
@@ -19,8 +19,9 @@ help:
 	@echo "make run    install, start the local stack, migrate, serve on http://127.0.0.1:$(PORT)"
 	@echo "make test   install, then every test (the tests start their own stack on free ports)"
 	@echo "make test-unit  the unit tests alone (no stack, seconds)"
-	@echo "make down   stop the local stack started by make run"
+	@echo "make down   stop the local stack started by make run; make status: how it is"
 	@echo "make check  ruff, and mypy --strict on app, devstack and tests (CI runs it first)"
+	@echo "make fmt    ruff format and fixes; make lock: the lock files again; make clean: the venv"
 	@echo "make bench  throughput, stampede and CAS: gateway vs a naive proxy (k6)"
 	@echo "make bench-hotpath    CPU per GET hit in process (BASELINE=<commit>: A/B against it)"
 	@echo "make bench-failover   a primary killed under load: gateway vs a naive proxy"
@@ -67,7 +68,7 @@ run: install-run
 	$(BIN)/cachegw migrate up --env-file .devstack/env
 	@echo "cachegw: development API key (send Authorization: Bearer <key>):"
 	@$(BIN)/cachegw keys --env-file .devstack/env dev
-	@echo "cachegw: serving on http://127.0.0.1:$(PORT) (docs at /docs); Ctrl-C stops it, 'make down' stops the stack"
+	@echo "cachegw: starting on http://127.0.0.1:$(PORT) (docs at /docs); Ctrl-C stops it, 'make down' stops the stack"
 	CACHEGW_ACCESS_LOG=$${CACHEGW_ACCESS_LOG:-true} $(BIN)/cachegw serve --env-file .devstack/env --port $(PORT)
 
 down:

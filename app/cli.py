@@ -123,15 +123,42 @@ def config_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cachegw")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Every subcommand names its handler (``set_defaults(handler=...)``); main only calls it."""
-    parser = argparse.ArgumentParser(prog="cachegw", description="The cachegw cache gateway.")
+    parser = argparse.ArgumentParser(
+        prog="cachegw",
+        description="The cachegw cache gateway. Settings: CACHEGW_* variables "
+        "(docs/configuration.md; `cachegw config show`).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-
     p_serve = sub.add_parser("serve", help="serve the gateway with uvicorn")
-    p_serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    p_serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    p_serve.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "1")))
+    p_serve.add_argument(
+        "--host",
+        default=os.environ.get("HOST", "127.0.0.1"),
+        help="address to bind (HOST; default %(default)s)",
+    )
+    p_serve.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PORT", "8000")),
+        help="port (PORT; default %(default)s)",
+    )
+    p_serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("WORKERS", "1")),
+        help="worker processes (WORKERS; default %(default)s); metrics are summed over them",
+    )
     p_serve.add_argument(
         "--env-file", help=f"dotenv file to load (default {DEFAULT_ENV_FILE} if present)"
     )
@@ -139,15 +166,27 @@ def main(argv: list[str] | None = None) -> int:
 
     p_migrate = sub.add_parser("migrate", help="apply (up) or revert (down) migrations")
     p_migrate.add_argument("direction", choices=["up", "down"], nargs="?", default="up")
-    p_migrate.add_argument("revision", nargs="?", default=None)
-    p_migrate.add_argument("--env-file")
+    p_migrate.add_argument(
+        "revision",
+        nargs="?",
+        default=None,
+        help="target revision (default: head for up, base for down)",
+    )
+    p_migrate.add_argument(
+        "--env-file", help=f"dotenv file (default {DEFAULT_ENV_FILE} if present)"
+    )
     p_migrate.set_defaults(handler=migrate)
 
     keys_cli.add_parser(sub).set_defaults(handler=keys)
 
     p_config = sub.add_parser("config", help="check, show or document the configuration")
-    p_config.add_argument("action", choices=["check", "show", "reference"])
-    p_config.add_argument("--env-file")
+    p_config.add_argument(
+        "action",
+        choices=["check", "show", "reference"],
+        help="check: usable, and its targets; show: every value and its source; reference: "
+        "the Markdown reference",
+    )
+    p_config.add_argument("--env-file", help=f"dotenv file (default {DEFAULT_ENV_FILE} if present)")
     p_config.set_defaults(handler=config_command)
 
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

@@ -550,6 +550,11 @@ class Settings(BaseSettings):
         default=False, description="Put keys in span attributes as they are, not as hashes."
     )
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _writes_follow_feed_mode(self) -> Settings:
         self.pg.follow_feed_mode(self.feed.mode)

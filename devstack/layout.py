@@ -74,7 +74,11 @@ class Layout:
             self._echo(message)
 
     @contextlib.contextmanager
-    def step(self, message: str) -> Iterator[None]:
+    def step(self, message: str, *, starting: str | None = None) -> Iterator[None]:
+        """Say ``message`` with its duration once done; a slow step also says ``starting``
+        first, so a wait is never silent."""
+        if starting is not None:
+            self.say(f"{starting} ...")
         started = time.monotonic()
         yield
         self.say(f"{message} ({time.monotonic() - started:.2f} s)")

@@ -150,7 +150,9 @@ class Postgres:
         if self.pg_data.exists():
             # An interrupted initdb: the directory is the stack's own, start it over.
             shutil.rmtree(self.pg_data)
-        with self.layout.step(f"postgres: initdb {self.pg_data}"):
+        with self.layout.step(
+            f"postgres: initdb {self.pg_data}", starting="postgres: initdb (a few seconds)"
+        ):
             proc = run(
                 self.host.as_pg_user(
                     [
@@ -229,7 +231,9 @@ class Postgres:
             # by the tests that need it, never by the gateway).
             options += " -c shared_preload_libraries=pg_stat_statements"
         log = self.pg_dir / "pg.log"
-        with self.layout.step(f"postgres: started on {HOST}:{self.config.pg_port}"):
+        with self.layout.step(
+            f"postgres: started on {HOST}:{self.config.pg_port}", starting="postgres: starting"
+        ):
             proc = run(
                 self.host.as_pg_user(
                     [

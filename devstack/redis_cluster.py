@@ -38,7 +38,7 @@ class RedisCluster:
 
     def up(self) -> None:
         ports = self.layout.redis_ports
-        with self.layout.step("redis: nodes up"):
+        with self.layout.step("redis: nodes up", starting=f"redis: starting {len(ports)} nodes"):
             started = self.nodes.start_nodes(ports)
         if started:
             self.layout.say(f"redis: started node(s) {started}")
@@ -47,7 +47,9 @@ class RedisCluster:
         verdict, reason = self._assess_cluster()
         if verdict == "formed":
             try:
-                with self.layout.step("redis: cluster ok"):
+                with self.layout.step(
+                    "redis: cluster ok", starting="redis: waiting for the cluster"
+                ):
                     self.wait_cluster_ok(timeout_s=self._convergence_timeout_s())
             except StackError as exc:
                 self.layout.say(f"redis: {exc}; recreating the cluster (its data is discarded)")
@@ -61,7 +63,7 @@ class RedisCluster:
                 f"redis: cluster is half-formed ({reason}); recreating it (data discarded)"
             )
             self._recreate_cluster()
-        with self.layout.step("redis: cluster ok"):
+        with self.layout.step("redis: cluster ok", starting="redis: waiting for the cluster"):
             self.wait_cluster_ok(timeout_s=self._convergence_timeout_s())
 
     def _convergence_timeout_s(self) -> float:
@@ -103,7 +105,10 @@ class RedisCluster:
             "1",
             "--cluster-yes",
         ]
-        with self.layout.step("redis: cluster created (redis-cli --cluster create)"):
+        with self.layout.step(
+            "redis: cluster created (redis-cli --cluster create)",
+            starting="redis: creating the cluster",
+        ):
             proc = run(
                 cmd,
                 timeout_s=_CLUSTER_CREATE_TIMEOUT_S,

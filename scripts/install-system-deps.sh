@@ -43,6 +43,7 @@ fi
 
 echo "cachegw: installing Debian packages: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+echo "cachegw: apt-get update ..."
 apt-get update -qq
 # Debian starts packaged services on install where it can; the project never uses them and
 # leaves alone whatever was already running. So, during the install only, a policy-rc.d that
@@ -76,7 +77,10 @@ prometheus_pids() {
 }
 prometheus_before=" $(prometheus_pids | tr '\n' ' ') "
 
+echo "cachegw: apt-get install ${#missing[@]} package(s) (a few minutes for postgresql or chromium) ..."
+started=$SECONDS
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "cachegw: Debian packages installed ($((SECONDS - started)) s)"
 remove_policy
 
 if [[ " ${missing[*]} " == *" prometheus "* ]]; then

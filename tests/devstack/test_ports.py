@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 from devstack import BUS_PORT_OFFSET, StackConfig, find_free_base_port, find_free_port
+from devstack.layout import Layout
 from devstack.ports import ephemeral_range, port_bindable, port_use
 
 
@@ -42,3 +43,16 @@ def test_a_port_held_by_a_connection_is_told_from_one_a_program_listens_on() -> 
                 described = port_use(own_end)
                 assert "held by a connection's own end" in described, described
                 assert "ESTABLISHED" in described
+
+
+def test_a_slow_step_says_it_has_started_before_it_ends() -> None:
+    """``make run`` is never silent during a wait: the line before, the duration after."""
+    lines: list[str] = []
+    layout = Layout(StackConfig(root=Path("/nonexistent")), echo=lines.append)
+    with layout.step("redis: cluster ok", starting="redis: waiting for the cluster"):
+        assert lines == ["redis: waiting for the cluster ..."]
+    with layout.step("env written"):
+        pass
+    assert lines[1].startswith("redis: cluster ok (")
+    assert lines[2].startswith("env written (")
+    assert len(lines) == 3
