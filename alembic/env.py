@@ -1,4 +1,5 @@
-"""Alembic environment: async engine, URL from the gateway's settings."""
+"""Alembic environment: async engine, URL and TLS from the gateway's settings (a bad setting is
+one line naming its variable, as for ``cachegw serve``)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,22 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
+from app.config import ConfigError, load
 from app.schema import metadata
-from app.settings import Settings
+from app.store import asyncpg_ssl
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
     fileConfig(config.config_file_name)
 
+connect_args: dict[str, object] = {}
 if not config.get_main_option("sqlalchemy.url"):
-    config.set_main_option("sqlalchemy.url", Settings().pg.sqlalchemy_url.replace("%", "%%"))
+    try:
+        pg = load().pg
+    except ConfigError as exc:
+        raise SystemExit("\n".join(f"cachegw: {problem}" for problem in exc.problems)) from None
+    config.set_main_option("sqlalchemy.url", pg.sqlalchemy_url.replace("%", "%%"))
+    connect_args = {"ssl": asyncpg_ssl(pg), "timeout": pg.connect_timeout_s}
 
 target_metadata = metadata
 
@@ -45,6 +53,7 @@ async def run_async_migrations() -> None:
         config.get_section(config.config_ini_section, {}),
         prefix="sqlalchemy.",
         poolclass=pool.NullPool,
+        connect_args=connect_args,
     )
     async with engine.connect() as connection:
         await connection.run_sync(do_run_migrations)

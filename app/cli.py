@@ -90,12 +90,24 @@ def migrate(args: argparse.Namespace) -> int:
 
     _env_file(args.env_file)
     _settings()
-    alembic = Config(str(Path(__file__).resolve().parent.parent / "alembic.ini"))
+    alembic = Config(str(_alembic_ini()))
     if args.direction == "up":
         command.upgrade(alembic, args.revision or "head")
     else:
         command.downgrade(alembic, args.revision or "base")
     return 0
+
+
+def _alembic_ini() -> Path:
+    """The migrations' alembic.ini: the checkout's (beside app/), else the working directory's
+    (the image's /app); the wheel alone carries no migrations."""
+    for candidate in (Path(__file__).resolve().parent.parent / "alembic.ini", Path("alembic.ini")):
+        if candidate.is_file():
+            return candidate
+    raise SystemExit(
+        "cachegw: no alembic.ini here: run cachegw migrate from the repository or the image's "
+        "/app, where the migrations are"
+    )
 
 
 def keys(args: argparse.Namespace) -> int:

@@ -337,13 +337,7 @@ class Store:
         return settings
 
     def ssl(self) -> ssl_module.SSLContext | Literal["disable", "prefer", "require"]:
-        """asyncpg's ``ssl`` argument for the settings (libpq's sslmode semantics)."""
-        mode = self.settings.ssl_mode
-        if mode == "verify-ca" or mode == "verify-full":
-            context = ssl_module.create_default_context(cafile=self.settings.ssl_ca_file)
-            context.check_hostname = mode == "verify-full"
-            return context
-        return mode
+        return asyncpg_ssl(self.settings)
 
     async def aclose(self) -> None:
         if self._tasks:  # reads in flight: their deadlines bound them
@@ -959,3 +953,16 @@ def _removed(row: asyncpg.Record) -> RemoveResult | None:
     if outcome != "ok":
         raise StoreConflictError("precondition failed", current_version=version)
     return RemoveResult(version=version, seq=seq, outbox_id=outbox_id)
+
+
+def asyncpg_ssl(
+    settings: PostgresSettings,
+) -> ssl_module.SSLContext | Literal["disable", "prefer", "require"]:
+    """asyncpg's ``ssl`` argument for the settings (libpq's sslmode semantics); the gateway's
+    pool and the migrations (``alembic/env.py``) connect alike."""
+    mode = settings.ssl_mode
+    if mode == "verify-ca" or mode == "verify-full":
+        context = ssl_module.create_default_context(cafile=settings.ssl_ca_file)
+        context.check_hostname = mode == "verify-full"
+        return context
+    return mode

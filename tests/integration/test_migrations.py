@@ -58,3 +58,29 @@ async def test_upgrade_downgrade_upgrade_and_no_drift(stack: Stack) -> None:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin.close()
+
+
+def test_migrations_connect_with_the_gateways_tls_setting(stack: Stack) -> None:
+    """``cachegw migrate`` connects as the gateway does: ssl_mode=require against this stack's
+    Postgres (which has no TLS) is refused, as the gateway's own pool would be (the migrations
+    used to ignore the setting and connect in the clear); a bad setting is one line."""
+    env = {**os.environ, "CACHEGW_PG__DSN": stack.pg_dsn, "CACHEGW_PG__SSL_MODE": "require"}
+    command = [sys.executable, "-m", "app.cli", "migrate", "up"]
+    refused = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert refused.returncode != 0
+    assert "SSL" in refused.stderr or "ssl" in refused.stderr, refused.stderr[-2000:]
+    env["CACHEGW_PG__SSL_MODE"] = "disable"
+    done = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    bad = subprocess.run(
+        command, cwd=ROOT, env={**env, "CACHEGW_PG__SSL_MODE": "sometimes"},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith(
+        "cachegw: CACHEGW_PG__SSL_MODE=sometimes: Input should be"
+    ), bad.stderr
