@@ -81,6 +81,8 @@ def test_migrations_connect_with_the_gateways_tls_setting(stack: Stack) -> None:
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines()[-1].startswith(
-        "cachegw: CACHEGW_PG__SSL_MODE=sometimes: Input should be"
+    assert (
+        bad.stderr.strip()
+        .splitlines()[-1]
+        .startswith("cachegw: CACHEGW_PG__SSL_MODE=sometimes: Input should be")
     ), bad.stderr
