@@ -123,7 +123,13 @@ async def main() -> int:
     parser.add_argument("--vus", type=int, default=32)
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--baseline", default="", help="a commit to measure beside this code")
+    parser.add_argument(
+        "--replot", type=Path, default=None, help="draw the plot of a saved JSON report again"
+    )
     args = parser.parse_args()
+    if args.replot is not None:
+        plot(json.loads(args.replot.read_text()), args.replot.with_suffix(".png"))
+        return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     keys = bench_keys(args.keys)
     common = {"DURATION": args.duration, "VUS": str(args.vus), "KEY_COUNT": str(args.keys)}
@@ -278,30 +284,49 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
+    """Throughput and p99 side by side, per scenario and target: the median of the pairs as the
+    bar, the spread over the pairs as its whisker, and the headline ratio over the bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(9, 4))
+    figure, (rps_axis, p99_axis) = plt.subplots(1, 2, figsize=(11, 4))
     scenarios = list(report["runs"])
     width = 0.35
-    for offset, target in enumerate(TARGETS):
-        medians = [
-            statistics.median(p[target]["rps"] for p in report["runs"][s]) for s in scenarios
-        ]
-        positions = [i + (offset - 0.5) * width for i in range(len(scenarios))]
-        axis.bar(positions, medians, width, label=target)
+    for axis, field, label in (
+        (rps_axis, "rps", "requests/s"), (p99_axis, "p99_ms", "p99 latency, ms"),
+    ):  # fmt: skip
+        for offset, target in enumerate(TARGETS):
+            values = [[p[target][field] for p in report["runs"][s]] for s in scenarios]
+            medians = [statistics.median(v) for v in values]
+            spread = [
+                [m - min(v) for m, v in zip(medians, values, strict=True)],
+                [max(v) - m for m, v in zip(medians, values, strict=True)],
+            ]
+            positions = [i + (offset - 0.5) * width for i in range(len(scenarios))]
+            axis.bar(positions, medians, width, yerr=spread, capsize=4, label=target)
+        for i, scenario in enumerate(scenarios):
+            ratios = [p["gateway"][field] / p["naive"][field] for p in report["runs"][scenario]]
+            top = max(max(p[t][field] for t in TARGETS) for p in report["runs"][scenario])
+            axis.annotate(
+                f"x{statistics.median(ratios):.2f}", (i, top), ha="center", va="bottom",
+                fontsize=9, xytext=(0, 3), textcoords="offset points",
+            )  # fmt: skip
+        axis.set_xticks(range(len(scenarios)), scenarios)
+        axis.set_ylabel(label)
+        axis.margins(y=0.15)
     for name, style in (("raw-asgi", ":"), ("fastapi-constant", "--")):
-        axis.axhline(
+        rps_axis.axhline(
             report["ceilings"][name]["rps"], linestyle=style, color="grey", label=f"ceiling: {name}"
         )
-    axis.set_xticks(range(len(scenarios)), scenarios)
-    axis.set_ylabel("requests/s (median of pairs)")
-    axis.set_title(
-        f"{report['vus']} users, {report['duration']} per run, {report['pairs']} A/B pairs"
+    rps_axis.set_title("throughput (gateway / naive proxy above the bars)", fontsize=10)
+    p99_axis.set_title("p99 (lower is better)", fontsize=10)
+    rps_axis.legend(fontsize=8, loc="upper right")
+    figure.suptitle(
+        f"{report['vus']} users, {report['duration']} per run, {report['pairs']} A/B pairs: "
+        "bars the median of the pairs, whiskers their spread"
     )
-    axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
