@@ -68,12 +68,20 @@ async def wait_for_traffic(csv_path: Path, *, timeout_s: float = 60) -> None:
     raise RuntimeError("k6 sent no traffic")
 
 
+def whole_seconds(samples: list[Sample], start_ms: int) -> int:
+    """How many whole seconds from ``start_ms`` to the last sample (a partial last one is left
+    out of the per-second series)."""
+    return int(max((s.at_ms - start_ms) / 1000 for s in samples)) if samples else 0
+
+
 def summarize(
     samples: list[Sample], *, start_ms: int, kill_s: float, promoted_s: float | None
 ) -> dict[str, Any]:
     ok = [s for s in samples if s.status == 200]
     durations = [s.duration_ms for s in samples]
-    seconds = int(max((s.at_ms - start_ms) / 1000 for s in samples)) + 1 if samples else 0
+    # Whole seconds only: the last one k6 was still sending in is cut short (its few requests
+    # still count in the totals), and drawn as a second it looked like a drop to zero.
+    seconds = whole_seconds(samples, start_ms)
 
     def per_second(selected: list[Sample]) -> list[int]:
         counts = [0] * seconds
@@ -193,37 +201,56 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
         print(f"{name}: promoted {r['promoted_after_s']} s after the kill")
 
 
-def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
+def plot(results: dict[str, dict[str, Any]], path: Path, *, duration_s: int | None = None) -> None:
+    """Per target, requests served per second (all, healthy shards, killed shard) and, on the
+    right axis, the p99 of each second; ``duration_s`` trims series saved before the partial
+    last second was left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(
-        len(results), 1, figsize=(10, 3.2 * len(results)), sharex=True, squeeze=False
+        len(results), 1, figsize=(10, 3.4 * len(results)), sharex=True, squeeze=False
     )
     axes = axes[:, 0]
+    worst_ms = max(max(r["p99_ms_per_s"], default=1.0) for r in results.values())
     for axis, (name, r) in zip(axes, results.items(), strict=True):
-        seconds = [i + 0.5 for i in range(len(r["served_per_s"]))]  # each count covers [i, i+1)
-        axis.plot(seconds, r["served_per_s"], label="served (all)", color="tab:blue")
-        axis.plot(
-            seconds, r["healthy_served_per_s"], label="served (healthy shards)", color="tab:green"
-        )
-        axis.plot(seconds, r["victim_served_per_s"], label="served (killed shard)", color="tab:red")
-        axis.axvline(r["kill_at_s"], color="black", linestyle="--", label="primary SIGKILL")
-        if r["promoted_after_s"] is not None:
-            axis.axvline(
-                r["kill_at_s"] + r["promoted_after_s"],
-                color="grey",
-                linestyle=":",
-                label="replica promoted",
+        count = len(r["served_per_s"]) if duration_s is None else duration_s
+        seconds = [i + 0.5 for i in range(count)]  # each count covers [i, i+1)
+        lines = [
+            axis.plot(seconds, r[field][:count], label=label, color=color)[0]
+            for field, label, color in (
+                ("served_per_s", "served (all)", "tab:blue"),
+                ("healthy_served_per_s", "served (healthy shards)", "tab:green"),
+                ("victim_served_per_s", "served (killed shard)", "tab:red"),
             )
+        ]
+        latency = axis.twinx()
+        lines += latency.plot(
+            seconds, r["p99_ms_per_s"][:count], label="p99 of the second (right)",
+            color="tab:purple", linestyle="-.", marker=".",
+        )  # fmt: skip
+        latency.set_yscale("log")
+        latency.set_ylim(1, worst_ms * 2)  # one scale for every target, to compare them
+        latency.set_ylabel("p99, ms (log)")
+        lines.append(
+            axis.axvline(r["kill_at_s"], color="black", linestyle="--", label="primary SIGKILL")
+        )
+        if r["promoted_after_s"] is not None:
+            lines.append(
+                axis.axvline(
+                    r["kill_at_s"] + r["promoted_after_s"], color="grey", linestyle=":",
+                    label="replica promoted",
+                )
+            )  # fmt: skip
         axis.set_title(
             f"{name}: p99 {r['p99_ms']} ms, max {r['max_ms']} ms, errors {r['errors']}, "
             f"dropped {r['dropped_pct']}%"
         )
         axis.set_ylabel("requests/s")
-        axis.legend(loc="lower left", fontsize=8)
+        axis.set_ylim(bottom=0)
+        axis.legend(handles=lines, loc="lower left", fontsize=8)
     axes[-1].set_xlabel("seconds")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -235,7 +262,14 @@ async def main() -> int:
     parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--targets", default="gateway,naive")
+    parser.add_argument(
+        "--replot", type=Path, default=None, help="draw the plot of a saved JSON report again"
+    )
     args = parser.parse_args()
+    if args.replot is not None:
+        saved = json.loads(args.replot.read_text())
+        plot(saved["results"], args.replot.with_suffix(".png"), duration_s=saved["duration_s"])
+        return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     keys = bench_keys(args.keys)
     results: dict[str, dict[str, Any]] = {}

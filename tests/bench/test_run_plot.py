@@ -32,3 +32,24 @@ def test_a_saved_report_is_drawn_again(tmp_path: Path) -> None:
         cwd=ROOT, check=True, timeout=120, capture_output=True,
     )  # fmt: skip
     assert saved.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_failover_series_leave_out_the_partial_last_second(tmp_path: Path) -> None:
+    """k6's last second is cut short; counted as a second it drew a false drop to zero."""
+    from bench.common import Sample
+    from bench.failover import summarize
+
+    start = 1_000_000
+    samples = [Sample(start + ms, 1.0, 200, "shard=healthy") for ms in range(0, 3000, 2)]
+    samples += [Sample(start + 3000 + ms, 1.0, 200, "shard=healthy") for ms in range(0, 20, 2)]
+    result = summarize(samples, start_ms=start, kill_s=1.0, promoted_s=1.0)
+    assert result["served_per_s"] == [500, 500, 500]  # not [..., 10]
+    assert result["requests"] == len(samples)  # the partial second still counts in the totals
+    saved = tmp_path / "failover-x.json"
+    result |= {"kill_at_s": 1.0, "promoted_after_s": 1.0, "dropped_pct": 0.0}
+    saved.write_text(json.dumps({"duration_s": 3, "results": {"gateway": result}}))
+    subprocess.run(
+        [sys.executable, "-m", "bench.failover", "--replot", str(saved)],
+        cwd=ROOT, check=True, timeout=120, capture_output=True,
+    )  # fmt: skip
+    assert saved.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
