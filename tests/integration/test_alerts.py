@@ -42,6 +42,8 @@ DASHBOARD_PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "dashboards.yml"
 RUNBOOK = ROOT / "RUNBOOK.md"
 TIMEOUT_S = 60
 SEVERITIES = {"critical", "warning"}
+# What Prometheus adds to every series it scrapes (the target's), not the gateway.
+SCRAPE_LABELS = {"job", "instance"}
 
 # Words of PromQL that look like metric names (functions are recognised by their parenthesis).
 PROMQL_WORDS = {
@@ -372,7 +374,7 @@ async def test_names_in_rules_and_dashboard_exist_in_the_gateways_metrics(stack:
             if name not in names:
                 missing.append(f"{where}: {name}")
         for name, used in label_matchers(expr).items():
-            unknown = used - labels.get(name, set())
+            unknown = used - labels.get(name, set()) - SCRAPE_LABELS
             if name in names and unknown:
                 wrong_labels.append(f"{where}: {name} has no label {sorted(unknown)}")
     assert not missing, "metrics the gateway does not expose:\n" + "\n".join(missing)
@@ -391,3 +393,39 @@ async def test_names_in_rules_and_dashboard_exist_in_the_gateways_metrics(stack:
         "cachegw_degraded_mode",
         "http_requests_total",
     } <= referenced
+
+
+def test_the_dashboard_is_scoped_by_job_and_instance_and_links_its_runbook() -> None:
+    """Variables job and instance (All by default) filter every query, so one dashboard serves
+    a fleet; a top row of stats; every runbook link (the runbook variable, then a section of
+    RUNBOOK.md that exists) resolves."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    for name in ("job", "instance"):
+        assert variables[name]["type"] == "query"
+        assert variables[name]["includeAll"]
+        assert variables[name]["multi"]
+        assert variables[name]["allValue"] == ".*"
+    for expr in _dashboard_exprs():
+        for name in metric_names(_without_grafana_variables(expr)):
+            matchers = re.findall(rf"(?<![\w:]){re.escape(name)}\{{([^}}]*)\}}", expr)
+            assert matchers, f"{name} is not filtered in {expr!r}"
+            for matcher in matchers:
+                assert 'job=~"$job"' in matcher, expr
+                assert 'instance=~"$instance"' in matcher, expr
+    panels = _dashboard_panels()
+    top = [p for p in panels if p["type"] == "stat" and p["gridPos"]["y"] <= 1]
+    assert {p["title"] for p in top} >= {"Requests/s", "5xx share", "p99 latency"}, top
+    anchors = github_anchors(RUNBOOK.read_text())
+    runbook = variables["runbook"]["query"]
+    alert_base = {
+        urlsplit(rule["annotations"]["runbook_url"])._replace(fragment="").geturl()
+        for rule in _alerts()
+    }
+    assert alert_base == {runbook}, "the dashboard's runbook is where the alerts point"
+    linked = [link for p in panels for link in p.get("links", [])]
+    assert len(linked) >= 10
+    for link in linked:
+        base, _, fragment = link["url"].partition("#")
+        assert base == "${runbook}", link
+        assert fragment in anchors, f"RUNBOOK.md has no section #{fragment}"
