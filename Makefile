@@ -56,10 +56,10 @@ $(RUN_STAMP): requirements.lock pyproject.toml $(VENV)/.venv-made
 	@$(PIP_INSTALL) --no-deps -e .
 	@touch $@
 
-$(STAMP): requirements-dev.lock pyproject.toml $(VENV)/.venv-made
+$(STAMP): requirements-dev.lock pyproject.toml clients/python/pyproject.toml $(VENV)/.venv-made
 	@echo "cachegw: installing the runtime and dev dependencies (requirements-dev.lock)"
 	@$(PIP_INSTALL) --require-hashes -r requirements-dev.lock
-	@$(PIP_INSTALL) --no-deps -e .
+	@$(PIP_INSTALL) --no-deps -e . -e clients/python
 	@touch $@ $(RUN_STAMP)
 
 # The stack as the developer's: logs for people on a terminal, a line per request.
@@ -140,15 +140,15 @@ soak: install
 
 # What CI runs before the tests (.ci/run): ruff, and mypy --strict on the code and its tests.
 check: $(STAMP)
-	$(BIN)/ruff check app devstack tests alembic bench deploy
-	$(BIN)/ruff format --check app devstack tests alembic bench deploy
-	$(BIN)/mypy --strict app devstack tests deploy
+	$(BIN)/ruff check app devstack tests alembic bench deploy clients
+	$(BIN)/ruff format --check app devstack tests alembic bench deploy clients
+	$(BIN)/mypy --strict app devstack tests deploy clients/python/cachegw_client
 
 lint: check
 
 fmt: $(STAMP)
-	$(BIN)/ruff format app devstack tests alembic bench deploy
-	$(BIN)/ruff check --fix app devstack tests alembic bench deploy
+	$(BIN)/ruff format app devstack tests alembic bench deploy clients
+	$(BIN)/ruff check --fix app devstack tests alembic bench deploy clients
 
 # Regenerate the pinned trees, with every file's hash, from pyproject.toml (uv's resolver, a dev
 # tool): runtime, then runtime + dev. UPGRADE=1 takes the newest releases the ranges allow.

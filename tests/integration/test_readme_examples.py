@@ -1,13 +1,16 @@
 """The README's examples, run as written against a real server.
 
-README.md holds two examples between markers, each an HTML comment on a line of its own:
+README.md holds three examples between markers, each an HTML comment on a line of its own:
 
 * ``<!-- example:curl -->`` ... ``<!-- /example:curl -->``: one ```` ```sh ```` block of curl
   commands using ``$BASE`` (the server) and ``$TOKEN`` (an API key), run with
   ``bash -euo pipefail``;
 * ``<!-- example:node -->`` ... ``<!-- /example:node -->``: one ```` ```js ```` block (an ES
   module; it may ``import createClient from "openapi-fetch"``), run by node in ``tests/node``
-  with ``BASE`` and ``TOKEN`` set.
+  with ``BASE`` and ``TOKEN`` set;
+* ``<!-- example:python -->`` ... ``<!-- /example:python -->``: one ```` ```python ```` block
+  using the repository's client (``clients/python``), run by this venv's Python with ``BASE``
+  and ``TOKEN`` set.
 
 Each must exit 0 against ``cachegw serve`` on the test stack. ``README_PATH`` points the test at
 another file (a draft of the README, for example).
@@ -18,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,3 +105,11 @@ def test_node_example(server: str) -> None:
     # An ES module from stdin: bare imports resolve from the working directory (tests/node).
     out = _run([node(), "--input-type=module", "-"], script, cwd=NODE_DIR, base=server, what="node")
     assert "cachegw;" in out, f"the Node example should print Cache-Status; it printed:\n{out}"
+
+
+def test_python_example(server: str, tmp_path: Path) -> None:
+    script = example("python", ("python", "py"))
+    out = _run([sys.executable, "-"], script, cwd=tmp_path, base=server, what="python")
+    assert "primary" in out or "store" in out, f"it should print the tier; it printed:\n{out}"
+    assert "compare-and-set refused" in out, out
+    assert "404" in out, out
