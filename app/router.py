@@ -55,7 +55,7 @@ from app.explain import Explanation, explain
 from app.feed import VersionMap
 from app.loader import Loaded, StoreLoader
 from app.settings import Settings
-from app.singleflight import SingleFlight
+from app.singleflight import FollowOn, SingleFlight
 from app.source import Source
 from app.tasks import Spawner
 from app.tiers.base import CacheTier, Copy, KeyRef, LockingTier
@@ -190,7 +190,10 @@ class FallbackRouter:
             read_deadline_s=settings.read_deadline_ms / 1000, ttl_cap_ms=self.ttl_cap_ms,
             rng=self.rng,
         )  # fmt: skip
-        # In degraded mode, concurrent reads of a key's primary share one.
+        # Concurrent reads of a key's primary (or replica) share reads that start after they
+        # arrived; in degraded mode, those of a primary share the one on its way.
+        self.next_reads: FollowOn[Copy] = FollowOn("primary")
+        self.replica_reads: FollowOn[Copy] = FollowOn("replica")
         self.reads: SingleFlight[Copy] = SingleFlight(
             "read", max_waiters=settings.coalescing.max_waiters
         )
@@ -383,13 +386,15 @@ class FallbackRouter:
         return OverloadedError(f"shed: {exc}")
 
     async def _primary_read(self, ref: KeyRef, deadline: float) -> Copy:
-        """The primary's copy; in degraded mode, concurrent reads of a key share one."""
-        if not self.degraded.active:
-            return await self._primary_get(ref, deadline)
+        """The primary's copy. Concurrent reads of a key share reads, each one started after
+        all of its callers arrived (``FollowOn``), so a stampede on one key sends a few GETs,
+        not one per reader; in degraded mode they share the read on its way (``SingleFlight``:
+        at most one round trip older than a read of their own)."""
+        read = functools.partial(self._primary_get, ref, deadline)
         try:
-            return await self.reads.do(
-                ref.rkey, functools.partial(self._primary_get, ref, deadline), deadline=deadline
-            )
+            if not self.degraded.active:
+                return await self.next_reads.do(ref.rkey, read, deadline=deadline)
+            return await self.reads.do(ref.rkey, read, deadline=deadline)
         except CoalescingOverflowError as exc:
             raise TierUnavailableError(str(exc), route="primary") from exc
         except TimeoutError as exc:
@@ -436,6 +441,8 @@ class FallbackRouter:
                 tier_deadline = min(deadline, loop.time() + self.replica_timeout_s)
                 if tracing.recording():
                     copy = await self._traced_tier_get(tier, ref, tier_deadline)
+                elif tier is self.replica:
+                    copy = await self._replica_get(tier, ref, tier_deadline)
                 else:
                     copy = await tier.get(ref, deadline=tier_deadline)
             except NodeBusyError as exc:
@@ -469,11 +476,21 @@ class FallbackRouter:
             attempt.offer(StaleCopy(staleness, tier.name, record))
         return None
 
-    @staticmethod
-    async def _traced_tier_get(tier: CacheTier, ref: KeyRef, deadline: float) -> Copy:
+    async def _replica_get(self, tier: CacheTier, ref: KeyRef, deadline: float) -> Copy:
+        """The replica's copy, its concurrent reads shared as the primary's are."""
+        try:
+            return await self.replica_reads.do(
+                ref.rkey, functools.partial(tier.get, ref, deadline=deadline), deadline=deadline
+            )
+        except TimeoutError as exc:
+            raise TierTimeoutError(
+                "replica: no reply before the deadline", route="replica"
+            ) from exc
+
+    async def _traced_tier_get(self, tier: CacheTier, ref: KeyRef, deadline: float) -> Copy:
         tracing.extend_fallback_path(tier.name)
-        if tier.name != "local":  # the replica's node calls make their own spans
-            return await tier.get(ref, deadline=deadline)
+        if tier is self.replica:  # the replica's node calls make their own spans
+            return await self._replica_get(tier, ref, deadline)
         attributes = {"db.system.name": "cachegw.local", "db.operation.name": "GET"}
         with tracing.tier_span("local GET", attributes):
             return await tier.get(ref, deadline=deadline)

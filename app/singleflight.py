@@ -11,7 +11,7 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from app import telemetry
 from app.errors import CoalescingOverflowError
@@ -91,3 +91,111 @@ class SingleFlight(Generic[T]):
 
 async def _run(load: Callable[[], Awaitable[T]]) -> T:
     return await load()
+
+
+class _Abandoned(Exception):
+    """The caller that was to make a group's read went away first (it was cancelled)."""
+
+
+class _Reading:
+    """One key's read on its way (``done``, made only when somebody waits for it to end) and the
+    group of callers that arrived since, who share the next read (``next``)."""
+
+    __slots__ = ("done", "next")
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[None] | None = None
+        self.next: asyncio.Future[Any] | None = None
+
+
+class FollowOn(Generic[T]):
+    """Concurrent reads of one key share reads, each of which starts after its callers arrived.
+
+    Unlike ``SingleFlight``, a caller never takes a result read before it arrived: the callers
+    that arrive while a read is on its way form a group, and the first of them makes one read
+    for the whole group once that read has ended. So every answer is one a read of the caller's
+    own could have given (a write acknowledged before the caller arrived is in it), and a
+    stampede of N callers sends a few reads, one per read's time, instead of N.
+
+    A read with nobody waiting costs a dict entry and one small object; a group's result or
+    exception reaches all of its callers; a caller that leaves (cancelled, out of time) never
+    fails the others: if it was the one to read, they each read for themselves.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._reading: dict[Hashable, _Reading] = {}
+        self._joined = telemetry.COALESCED.labels(kind=name)
+
+    def __len__(self) -> int:
+        return len(self._reading)
+
+    async def do(self, key: Hashable, read: Callable[[], Awaitable[T]], *, deadline: float) -> T:
+        """``read()``'s result, or that of a read started after this call, shared; waits until
+        ``deadline`` (event-loop time) for a read made by another caller: ``TimeoutError``."""
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = self._reading[key] = _Reading()
+            return await self._read(key, reading, read, None)
+        group = reading.next
+        if group is None:
+            return await self._read_next(key, reading, read, deadline)
+        self._joined.inc()
+        try:
+            async with asyncio.timeout_at(deadline):
+                return cast(T, await asyncio.shield(group))
+        except _Abandoned:
+            return await read()
+
+    async def _read_next(
+        self, key: Hashable, reading: _Reading, read: Callable[[], Awaitable[T]], deadline: float
+    ) -> T:
+        """The first caller of a group: waits for the read on its way to end, then reads."""
+        loop = asyncio.get_running_loop()
+        group = reading.next = loop.create_future()
+        if reading.done is None:
+            reading.done = loop.create_future()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await asyncio.shield(reading.done)
+        except BaseException:
+            reading.next = None
+            if reading.done.done() and self._reading.get(key) is reading:
+                del self._reading[key]
+            _fail(group, _Abandoned())
+            raise
+        self._joined.inc()
+        # Whoever comes from now on joins the group after this read.
+        following = self._reading[key] = _Reading()
+        return await self._read(key, following, read, group)
+
+    async def _read(
+        self,
+        key: Hashable,
+        reading: _Reading,
+        read: Callable[[], Awaitable[T]],
+        group: asyncio.Future[Any] | None,
+    ) -> T:
+        try:
+            result = await read()
+        except Exception as exc:
+            if group is not None:
+                _fail(group, exc)
+            raise
+        except BaseException:  # cancelled: the others read for themselves
+            if group is not None:
+                _fail(group, _Abandoned())
+            raise
+        else:
+            if group is not None:
+                group.set_result(result)
+            return result
+        finally:
+            if reading.done is not None:
+                reading.done.set_result(None)
+            if reading.next is None and self._reading.get(key) is reading:
+                del self._reading[key]
+
+
+def _fail(group: asyncio.Future[Any], exc: BaseException) -> None:
+    group.set_exception(exc)
+    group.exception()  # retrieved: the group may have nobody else in it

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import redis.asyncio
 
 from devstack import Stack
 from devstack.rawhttp import Connection
@@ -59,7 +60,25 @@ async def store_reads(stack: Stack) -> int:
         await conn.close()
 
 
-async def stampede(base: str, stack: Stack, rounds: int) -> list[int]:
+async def redis_gets(stack: Stack, *, reset: bool = False) -> int:
+    """GETs every Redis node of the stack served (``reset``: set the counts to zero first)."""
+    total = 0
+    for port in stack.redis_ports:
+        client = redis.asyncio.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+        try:
+            if reset:
+                await client.config_resetstat()
+            else:
+                stats = await client.info("commandstats")
+                total += int(stats.get("cmdstat_get", {}).get("calls", 0))
+        finally:
+            await client.aclose()
+    return total
+
+
+async def stampede(
+    base: str, stack: Stack, rounds: int, *, gets: list[int] | None = None
+) -> list[int]:
     """``rounds`` times: a new cold key, 1,000 concurrent GETs of it; store reads per round."""
     host, port = base.removeprefix("http://").rsplit(":", 1)
     async with httpx.AsyncClient(
@@ -73,9 +92,12 @@ async def stampede(base: str, stack: Stack, rounds: int) -> list[int]:
         for round_ in range(rounds):
             key = await cold_key(stack, b"cold value")
             await reset_statements(stack)
+            await redis_gets(stack, reset=True)
             replies = await asyncio.gather(
                 *(c.request("GET", f"/v1/keys/{key}") for c in connections)
             )
+            if gets is not None:
+                gets.append(await redis_gets(stack))
             bad = [(r.status, r.content[:200]) for r in replies if r.status != 200]
             assert not bad, (round_, len(bad), bad[:2])
             assert {r.content for r in replies} == {b"cold value"}
@@ -102,6 +124,24 @@ async def test_1000_concurrent_reads_in_one_event_loop(stack: Stack) -> None:
         responses = await asyncio.gather(*(client.get(f"/v1/keys/{key}") for _ in range(1000)))
         assert {r.status_code for r in responses} == {200}
         assert await store_reads(stack) == 1
+
+
+async def test_1000_concurrent_reads_share_their_redis_reads(stack: Stack) -> None:
+    """Readers of one key that arrive while its primary read is on its way share the next read,
+    one that starts after all of them arrived: a few GETs, not one per reader (which, on a busy
+    host, made the node's breaker open on the stampede's own latency). Then the same for a key
+    in Redis: every reader gets it, and still a few GETs."""
+    settings = settings_for(stack, read_deadline_ms=10_000, redis={"primary_timeout_ms": 5000})
+    async with gateway_client(settings) as (client, _):
+        key = await cold_key(stack, b"cold value")
+        for expected in ("fwd=miss", "hit"):
+            await redis_gets(stack, reset=True)
+            responses = await asyncio.gather(*(client.get(f"/v1/keys/{key}") for _ in range(1000)))
+            assert {r.status_code for r in responses} == {200}
+            assert {r.content for r in responses} == {b"cold value"}
+            assert all(expected in r.headers["cache-status"] for r in responses[:1])
+            gets = await redis_gets(stack)
+            assert gets <= 10, (expected, gets)
 
 
 async def test_two_worker_processes_make_at_most_two_store_queries(

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from app.errors import CoalescingOverflowError
-from app.singleflight import SingleFlight
+from app.singleflight import FollowOn, SingleFlight
 
 
 def far() -> float:
@@ -129,3 +129,119 @@ async def test_a_finished_flight_does_not_remove_its_successor() -> None:
     assert flights.in_flight("k")
     gates[1].set()
     assert await second == 1
+
+
+class Reads:
+    """A read whose calls each wait for their own release; what each returned is its number."""
+
+    def __init__(self) -> None:
+        self.started: list[asyncio.Event] = []
+        self.releases: list[asyncio.Event] = []
+        self.failure: Exception | None = None
+
+    async def read(self) -> int:
+        number = len(self.started)
+        self.started.append(asyncio.Event())
+        self.releases.append(asyncio.Event())
+        self.started[number].set()
+        await self.releases[number].wait()
+        if self.failure is not None:
+            raise self.failure
+        return number
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_callers_during_a_read_share_the_next_one() -> None:
+    reads: FollowOn[int] = FollowOn("test")
+    source = Reads()
+    first = asyncio.ensure_future(reads.do("k", source.read, deadline=far()))
+    await settle()
+    later = [asyncio.ensure_future(reads.do("k", source.read, deadline=far())) for _ in range(20)]
+    await settle()
+    assert len(source.started) == 1  # nobody takes read 0: it began before they came
+    source.releases[0].set()
+    assert await first == 0
+    await settle()
+    assert len(source.started) == 2  # one read for all twenty, started after they all came
+    late = asyncio.ensure_future(reads.do("k", source.read, deadline=far()))
+    await settle()
+    source.releases[1].set()
+    assert await asyncio.gather(*later) == [1] * 20
+    await settle()
+    source.releases[2].set()
+    assert await late == 2  # came during read 1: read 2 is its own group's
+    assert len(reads) == 0
+
+
+async def test_a_read_alone_is_made_at_once_and_leaves_nothing_behind() -> None:
+    reads: FollowOn[int] = FollowOn("test")
+    source = Reads()
+    one = asyncio.ensure_future(reads.do("a", source.read, deadline=far()))
+    other = asyncio.ensure_future(reads.do("b", source.read, deadline=far()))
+    await settle()
+    assert len(source.started) == 2  # other keys do not wait for each other
+    for release in source.releases:
+        release.set()
+    assert sorted(await asyncio.gather(one, other)) == [0, 1]
+    assert len(reads) == 0
+
+
+async def test_a_groups_failure_reaches_all_of_it() -> None:
+    reads: FollowOn[int] = FollowOn("test")
+    source = Reads()
+    first = asyncio.ensure_future(reads.do("k", source.read, deadline=far()))
+    await settle()
+    group = [asyncio.ensure_future(reads.do("k", source.read, deadline=far())) for _ in range(3)]
+    source.releases[0].set()
+    await first
+    await settle()
+    source.failure = RuntimeError("node down")
+    source.releases[1].set()
+    results = await asyncio.gather(*group, return_exceptions=True)
+    assert [str(r) for r in results] == ["node down"] * 3
+    assert len(source.started) == 2
+    assert len(reads) == 0
+
+
+async def test_when_the_groups_reader_leaves_the_others_read_for_themselves() -> None:
+    reads: FollowOn[int] = FollowOn("test")
+    source = Reads()
+    first = asyncio.ensure_future(reads.do("k", source.read, deadline=far()))
+    await settle()
+    leader = asyncio.ensure_future(reads.do("k", source.read, deadline=far()))
+    await settle()
+    others = [asyncio.ensure_future(reads.do("k", source.read, deadline=far())) for _ in range(2)]
+    await settle()
+    leader.cancel()  # while it waits for read 0 to end
+    await settle()
+    assert len(source.started) == 3  # each of the two read for itself, at once
+    for release in source.releases:
+        release.set()
+    assert sorted(await asyncio.gather(*others)) == [1, 2]
+    assert await first == 0
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    assert len(reads) == 0
+
+
+async def test_a_caller_out_of_time_leaves_the_group_reading() -> None:
+    reads: FollowOn[int] = FollowOn("test")
+    source = Reads()
+    first = asyncio.ensure_future(reads.do("k", source.read, deadline=far()))
+    await settle()
+    leader = asyncio.ensure_future(reads.do("k", source.read, deadline=far()))
+    await settle()
+    hurried = asyncio.get_running_loop().time() + 0.01
+    impatient = asyncio.ensure_future(reads.do("k", source.read, deadline=hurried))
+    with pytest.raises(TimeoutError):
+        await impatient
+    source.releases[0].set()
+    await first
+    await settle()
+    source.releases[1].set()
+    assert await leader == 1
+    assert len(reads) == 0
