@@ -20,11 +20,11 @@ import asyncio
 import base64
 import binascii
 import dataclasses
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
@@ -222,7 +222,7 @@ async def serve(gateway: Gateway, scope: Scope, body: AsyncIterator[bytes]) -> A
     principal: Principal | None = scope.get(PRINCIPAL)
     run = _Run(gateway, principal, policy)
     results = await run.all(batch.ops)
-    content = json.dumps({"results": results}, ensure_ascii=False).encode()
+    content = orjson.dumps({"results": results})
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(content))]
     return 200, headers, content
 

@@ -16,11 +16,12 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis import exceptions as rex
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.asyncio.connection import Connection, SSLConnection
 
 from app.cluster.errors import map_redis_errors, reply_error
@@ -91,6 +92,40 @@ class NodeOptions:
 class _Group:
     commands: tuple[Command, ...]
     future: asyncio.Future[list[Reply]] = field(repr=False)
+
+
+def _reply_reader(conn: Connection) -> Callable[[], Awaitable[Reply]]:
+    """The next reply on ``conn``, undecoded; an error reply as its ``ResponseError``.
+
+    With hiredis (a dependency), the replies already in the connection's buffer are taken from
+    its reader directly: what redis-py's ``read_response`` does for RESP2 without its two
+    coroutine layers per reply, which a group of a hundred GETs paid a hundred times. Without
+    it, ``read_response`` itself.
+    """
+    parser = getattr(conn, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    if not isinstance(parser, _AsyncHiredisParser) or reader is None:
+
+        async def read_response() -> Reply:
+            try:
+                return await conn.read_response(disable_decoding=True)
+            except rex.ResponseError as reply:
+                return reply
+
+        return read_response
+    gets = reader.gets
+    refill = parser.read_from_socket
+
+    async def read() -> Reply:
+        reply = gets(False)
+        while reply is NOT_ENOUGH_DATA:
+            await refill()  # type: ignore[no-untyped-call]
+            reply = gets(False)
+        if isinstance(reply, rex.ConnectionError):
+            raise reply
+        return reply
+
+    return read
 
 
 class NodeClient:
@@ -277,13 +312,11 @@ class NodeClient:
                 async with asyncio.timeout(timeout_s) as silence:
                     await conn.send_packed_command(chunks, check_health=False)
                     moved = loop.time()
+                    read = _reply_reader(conn)
                     for index, group in enumerate(batch):  # noqa: B007 - read by the handlers
                         replies: list[Reply] = []
                         for _ in group.commands:
-                            try:
-                                replies.append(await conn.read_response(disable_decoding=True))
-                            except rex.ResponseError as reply:
-                                replies.append(reply)
+                            replies.append(await read())
                             now = loop.time()
                             if now - moved >= SILENCE_STEP_S:
                                 silence.reschedule(now + timeout_s)
