@@ -104,7 +104,9 @@ FEED_RELAY_ROWS = Counter(
     "cachegw_feed_relay_rows_total", "Outbox rows (newest per key) the relay announced"
 )
 COALESCED = Counter(
-    "cachegw_coalesced_waits_total", "Requests that joined a load already in flight", ["kind"]
+    "cachegw_coalesced_waits_total",
+    "Requests that shared a load or a Redis read with others (kind: what was shared)",
+    ["kind"],
 )
 BREAKER_STATE = Gauge(
     "cachegw_breaker_state", "Circuit breaker per route: 0 closed, 1 half-open, 2 open", ["route"],
