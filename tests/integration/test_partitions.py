@@ -335,7 +335,9 @@ async def test_latency_and_loss_on_one_primary(
         total = BASELINE_S + FAULT_S + 2.0
         await asyncio.gather(
             slow.run(total, readers=10, writers=1, read_rate_per_s=500, events=timeline),
-            rest.run(total, readers=20, writers=1, read_rate_per_s=1500),
+            # Well under what this process can send on two shared cores (1,500/s was not always
+            # reached even before the fault), so that the ratio measures the gateway, not us.
+            rest.run(total, readers=20, writers=1, read_rate_per_s=1000),
         )
         opened = metric(base, "cachegw_breaker_transitions_total", f'route="{route}",to="open"')
         await slow.verify_final()
