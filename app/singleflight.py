@@ -118,8 +118,10 @@ class FollowOn(Generic[T]):
     stampede of N callers sends a few reads, one per read's time, instead of N.
 
     A read with nobody waiting costs a dict entry and one small object; a group's result or
-    exception reaches all of its callers; a caller that leaves (cancelled, out of time) never
-    fails the others: if it was the one to read, they each read for themselves.
+    exception reaches all of its callers. A caller that is cancelled never fails the others: if
+    it was the one to read, they each read for themselves. If the one to read runs out of time
+    before the read ahead of it has ended, its group gets the ``TimeoutError`` (they came after
+    it, so their time is nearly up too, and more reads would only pile onto a slow node).
     """
 
     def __init__(self, name: str) -> None:
@@ -157,11 +159,13 @@ class FollowOn(Generic[T]):
         try:
             async with asyncio.timeout_at(deadline):
                 await asyncio.shield(reading.done)
-        except BaseException:
+        except BaseException as exc:
             reading.next = None
             if reading.done.done() and self._reading.get(key) is reading:
                 del self._reading[key]
-            _fail(group, _Abandoned())
+            # Out of time while the read before has not ended: so is the group, near enough
+            # (its callers came after); reads of their own would only pile onto a slow node.
+            _fail(group, exc if isinstance(exc, TimeoutError) else _Abandoned())
             raise
         self._joined.inc()
         # Whoever comes from now on joins the group after this read.

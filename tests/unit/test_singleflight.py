@@ -245,3 +245,20 @@ async def test_a_caller_out_of_time_leaves_the_group_reading() -> None:
     source.releases[1].set()
     assert await leader == 1
     assert len(reads) == 0
+
+
+async def test_a_group_whose_reader_runs_out_of_time_gets_the_timeout() -> None:
+    reads: FollowOn[int] = FollowOn("test")
+    source = Reads()
+    first = asyncio.ensure_future(reads.do("k", source.read, deadline=far()))
+    await settle()
+    hurried = asyncio.get_running_loop().time() + 0.01
+    leader = asyncio.ensure_future(reads.do("k", source.read, deadline=hurried))
+    await settle()
+    others = [asyncio.ensure_future(reads.do("k", source.read, deadline=far())) for _ in range(3)]
+    await asyncio.wait([leader, *others], timeout=1)
+    assert len(source.started) == 1  # no read piled onto the one that is slow
+    assert all(isinstance(r.exception(), TimeoutError) for r in [leader, *others])
+    source.releases[0].set()
+    assert await first == 0
+    assert len(reads) == 0
