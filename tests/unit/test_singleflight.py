@@ -135,15 +135,16 @@ class Reads:
     """A read whose calls each wait for their own release; what each returned is its number."""
 
     def __init__(self) -> None:
-        self.started: list[asyncio.Event] = []
         self.releases: list[asyncio.Event] = []
         self.failure: Exception | None = None
 
+    @property
+    def started(self) -> int:
+        return len(self.releases)
+
     async def read(self) -> int:
-        number = len(self.started)
-        self.started.append(asyncio.Event())
+        number = self.started
         self.releases.append(asyncio.Event())
-        self.started[number].set()
         await self.releases[number].wait()
         if self.failure is not None:
             raise self.failure
@@ -155,20 +156,27 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def call(
+    reads: FollowOn[int], source: Reads, *, deadline: float | None = None
+) -> asyncio.Future[int]:
+    """A caller of ``reads.do`` for key "k", let run until it waits."""
+    caller = asyncio.ensure_future(reads.do("k", source.read, deadline=deadline or far()))
+    await settle()
+    return caller
+
+
 async def test_callers_during_a_read_share_the_next_one() -> None:
     reads: FollowOn[int] = FollowOn("test")
     source = Reads()
-    first = asyncio.ensure_future(reads.do("k", source.read, deadline=far()))
-    await settle()
+    first = await call(reads, source)
     later = [asyncio.ensure_future(reads.do("k", source.read, deadline=far())) for _ in range(20)]
     await settle()
-    assert len(source.started) == 1  # nobody takes read 0: it began before they came
+    assert source.started == 1  # nobody takes read 0: it began before they came
     source.releases[0].set()
     assert await first == 0
     await settle()
-    assert len(source.started) == 2  # one read for all twenty, started after they all came
-    late = asyncio.ensure_future(reads.do("k", source.read, deadline=far()))
-    await settle()
+    assert source.started == 2  # one read for all twenty, started after they all came
+    late = await call(reads, source)
     source.releases[1].set()
     assert await asyncio.gather(*later) == [1] * 20
     await settle()
@@ -183,7 +191,7 @@ async def test_a_read_alone_is_made_at_once_and_leaves_nothing_behind() -> None:
     one = asyncio.ensure_future(reads.do("a", source.read, deadline=far()))
     other = asyncio.ensure_future(reads.do("b", source.read, deadline=far()))
     await settle()
-    assert len(source.started) == 2  # other keys do not wait for each other
+    assert source.started == 2  # other keys do not wait for each other
     for release in source.releases:
         release.set()
     assert sorted(await asyncio.gather(one, other)) == [0, 1]
@@ -193,8 +201,7 @@ async def test_a_read_alone_is_made_at_once_and_leaves_nothing_behind() -> None:
 async def test_a_groups_failure_reaches_all_of_it() -> None:
     reads: FollowOn[int] = FollowOn("test")
     source = Reads()
-    first = asyncio.ensure_future(reads.do("k", source.read, deadline=far()))
-    await settle()
+    first = await call(reads, source)
     group = [asyncio.ensure_future(reads.do("k", source.read, deadline=far())) for _ in range(3)]
     source.releases[0].set()
     await first
@@ -203,22 +210,20 @@ async def test_a_groups_failure_reaches_all_of_it() -> None:
     source.releases[1].set()
     results = await asyncio.gather(*group, return_exceptions=True)
     assert [str(r) for r in results] == ["node down"] * 3
-    assert len(source.started) == 2
+    assert source.started == 2
     assert len(reads) == 0
 
 
 async def test_when_the_groups_reader_leaves_the_others_read_for_themselves() -> None:
     reads: FollowOn[int] = FollowOn("test")
     source = Reads()
-    first = asyncio.ensure_future(reads.do("k", source.read, deadline=far()))
-    await settle()
-    leader = asyncio.ensure_future(reads.do("k", source.read, deadline=far()))
-    await settle()
+    first = await call(reads, source)
+    leader = await call(reads, source)
     others = [asyncio.ensure_future(reads.do("k", source.read, deadline=far())) for _ in range(2)]
     await settle()
     leader.cancel()  # while it waits for read 0 to end
     await settle()
-    assert len(source.started) == 3  # each of the two read for itself, at once
+    assert source.started == 3  # each of the two read for itself, at once
     for release in source.releases:
         release.set()
     assert sorted(await asyncio.gather(*others)) == [1, 2]
@@ -231,10 +236,8 @@ async def test_when_the_groups_reader_leaves_the_others_read_for_themselves() ->
 async def test_a_caller_out_of_time_leaves_the_group_reading() -> None:
     reads: FollowOn[int] = FollowOn("test")
     source = Reads()
-    first = asyncio.ensure_future(reads.do("k", source.read, deadline=far()))
-    await settle()
-    leader = asyncio.ensure_future(reads.do("k", source.read, deadline=far()))
-    await settle()
+    first = await call(reads, source)
+    leader = await call(reads, source)
     hurried = asyncio.get_running_loop().time() + 0.01
     impatient = asyncio.ensure_future(reads.do("k", source.read, deadline=hurried))
     with pytest.raises(TimeoutError):
@@ -250,14 +253,11 @@ async def test_a_caller_out_of_time_leaves_the_group_reading() -> None:
 async def test_a_group_whose_reader_runs_out_of_time_gets_the_timeout() -> None:
     reads: FollowOn[int] = FollowOn("test")
     source = Reads()
-    first = asyncio.ensure_future(reads.do("k", source.read, deadline=far()))
-    await settle()
-    hurried = asyncio.get_running_loop().time() + 0.01
-    leader = asyncio.ensure_future(reads.do("k", source.read, deadline=hurried))
-    await settle()
+    first = await call(reads, source)
+    leader = await call(reads, source, deadline=asyncio.get_running_loop().time() + 0.01)
     others = [asyncio.ensure_future(reads.do("k", source.read, deadline=far())) for _ in range(3)]
     await asyncio.wait([leader, *others], timeout=1)
-    assert len(source.started) == 1  # no read piled onto the one that is slow
+    assert source.started == 1  # no read piled onto the one that is slow
     assert all(isinstance(r.exception(), TimeoutError) for r in [leader, *others])
     source.releases[0].set()
     assert await first == 0
