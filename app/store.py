@@ -534,15 +534,19 @@ class Store:
         self, namespace: str, key: str, *, deadline: float, background: bool = False
     ) -> Entry | None:
         """The key's live entry. ``background`` (repairs): not under the read route's breaker,
-        which is the request path's.
+        which is the request path's, and sent as ``SQL_GET_MANY`` of one key (operation
+        ``repair_get``), so Postgres's statistics (pg_stat_statements) and the gateway's tell the
+        request path's lone reads (``SQL_GET``) from the repairers'.
 
         The request path's reads that arrive in one turn of the event loop go to Postgres as
         one statement (``SQL_GET_MANY``: a batch's misses, concurrent loads of different keys),
         a lone one as the plain ``SQL_GET``; each caller still waits no longer than its own
         deadline."""
         if background:
-            row = await self._fetchrow("get", SQL_GET, namespace, key, deadline=deadline)
-            return None if row is None else _entry(row)
+            rows = await self._fetch(
+                "repair_get", SQL_GET_MANY, [namespace], [key], deadline=deadline
+            )
+            return _entry(rows[0], 1) if rows else None
         loop = asyncio.get_running_loop()
         read = _Read(namespace, key, deadline, loop.create_future())
         if not self._reads:
