@@ -101,6 +101,46 @@ BEGIN
     VALUES (p_namespace, p_key, new_seq, p_value, p_content_type);
     RETURN QUERY SELECT new_seq, cur_seq IS NULL;
 END $$;
+CREATE TABLE IF NOT EXISTS bench_chain (
+    namespace text NOT NULL, key text NOT NULL, prev bigint NOT NULL, seq bigint NOT NULL,
+    value bytea, content_type text, expires_at timestamptz,
+    xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    created_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (namespace, key, prev));
+CREATE INDEX IF NOT EXISTS bench_chain_xid_idx ON bench_chain (xid);
+CREATE OR REPLACE FUNCTION bench_chain(p_namespace text, p_key text, p_value bytea,
+                                       p_content_type text)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE cur_seq bigint; new_seq bigint;
+BEGIN
+    LOOP  -- a concurrent write took the same successor: read the newest again
+        SELECT c.seq INTO cur_seq FROM bench_chain c
+         WHERE c.namespace = p_namespace AND c.key = p_key ORDER BY c.prev DESC LIMIT 1;
+        new_seq := nextval('entry_version_seq');
+        INSERT INTO bench_chain (namespace, key, prev, seq, value, content_type)
+        VALUES (p_namespace, p_key, coalesce(cur_seq, 0), new_seq, p_value, p_content_type)
+        ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            RETURN new_seq;
+        END IF;
+    END LOOP;
+END $$;
+CREATE TABLE IF NOT EXISTS bench_logged (LIKE entries INCLUDING ALL);
+ALTER TABLE bench_logged ADD COLUMN IF NOT EXISTS xid xid8 NOT NULL DEFAULT pg_current_xact_id();
+CREATE INDEX IF NOT EXISTS bench_logged_xid_idx ON bench_logged (xid);
+CREATE OR REPLACE FUNCTION bench_entry_logged(p_namespace text, p_key text, p_value bytea,
+                                              p_content_type text)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE cur_version bigint; new_version bigint;
+BEGIN
+    SELECT e.version INTO cur_version FROM bench_logged e
+     WHERE e.namespace = p_namespace AND e.key = p_key FOR UPDATE;
+    new_version := nextval('entry_version_seq');
+    UPDATE bench_logged SET value = p_value, content_type = p_content_type,
+           version = new_version, cache_seq = new_version, expires_at = NULL,
+           updated_at = now(), xid = pg_current_xact_id()
+     WHERE namespace = p_namespace AND key = p_key;
+    RETURN new_version;
+END $$;
 """
 # Every writer's keys exist before the first run: each mode measures writes over existing keys.
 SEED_ENTRIES = f"""
@@ -110,6 +150,14 @@ SELECT 'default', '{PREFIX}' || c || '-' || k, '\\x{VALUE.hex()}'::bytea,
   FROM generate_series(0, $1::int - 1) c, generate_series(1, {KEYS_PER_WRITER}) k
 ON CONFLICT DO NOTHING
 """
+# The floors' tables start with the same keys (in the table's columns' order: xid last).
+SEED_FLOORS = f"""
+INSERT INTO bench_chain (namespace, key, prev, seq, value, content_type)
+SELECT namespace, key, -1, 0, value, content_type FROM entries
+ WHERE key LIKE '{PREFIX}%' ON CONFLICT DO NOTHING;
+INSERT INTO bench_logged SELECT *, '0'::xid8 FROM entries
+ WHERE key LIKE '{PREFIX}%' ON CONFLICT DO NOTHING
+"""
 _ARGS = f"'default', {KEY}, '\\x{VALUE.hex()}'::bytea, 'application/octet-stream'"
 PGBENCH_SCRIPTS["entry-only"] = (
     f"\\set k random(1, {KEYS_PER_WRITER})\nSELECT bench_entry_only({_ARGS});\n"
@@ -117,8 +165,12 @@ PGBENCH_SCRIPTS["entry-only"] = (
 PGBENCH_SCRIPTS["append-only"] = (
     f"\\set k random(1, {KEYS_PER_WRITER})\nSELECT * FROM bench_append_only({_ARGS});\n"
 )
+PGBENCH_SCRIPTS["chain"] = f"\\set k random(1, {KEYS_PER_WRITER})\nSELECT bench_chain({_ARGS});\n"
+PGBENCH_SCRIPTS["entry-logged"] = (
+    f"\\set k random(1, {KEYS_PER_WRITER})\nSELECT bench_entry_logged({_ARGS});\n"
+)
 # Modes that run their statement alone: no followers, no outbox trigger, no delay phase.
-ALONE = frozenset({"bare", "entry-only", "append-only"})
+ALONE = frozenset({"bare", "entry-only", "append-only", "chain", "entry-logged"})
 DONE_BATCH = (
     "UPDATE cache_outbox SET applied_at = now() WHERE applied_at IS NULL AND id = ANY(ARRAY("
     "SELECT id FROM cache_outbox WHERE applied_at IS NULL ORDER BY id LIMIT 5000))"
@@ -360,6 +412,7 @@ async def main() -> int:
             await conn.execute(BARE_TABLE)
             await conn.execute(FLOOR_SQL)
             await conn.execute(SEED_ENTRIES, args.writers)
+            await conn.execute(SEED_FLOORS)
             await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         finally:
             await conn.close()
