@@ -14,7 +14,10 @@ outbox, nothing else: what this Postgres can commit), ``feed-off`` (the write pa
 announcement at all), two floors that no feed design can go below (``entry-only``: the entry's
 own locked read and update, as ``cachegw_put`` makes them, with no outbox row; ``append-only``: a
 write that appends a version row instead, serialised per key by an advisory lock and checked
-against the newest version, as an append-only store's preconditions would need), and one mode per
+against the newest version, as an append-only store's preconditions would need), two candidate
+designs past the outbox, also run alone (``chain``: one INSERT per write, the primary key
+``(namespace, key, prev)`` as the compare-and-set; ``entry-logged``: the entry carries its
+change's transaction id under an index, no outbox row), and one mode per
 feed design (``notify``: a NOTIFY from every write's
 transaction; ``relay``: one elected relay announces committed rows in batches). Printed and saved
 (``bench/results/store-<date>`` ``.json`` and ``.png``): commits/s per mode, the ratio to ``bare``
@@ -394,7 +397,9 @@ async def main() -> int:
     parser.add_argument("--followers", type=int, default=16)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--pairs", type=int, default=3)
-    parser.add_argument("--modes", default="bare,entry-only,append-only,feed-off,notify,relay")
+    parser.add_argument(
+        "--modes", default="bare,entry-only,append-only,chain,entry-logged,feed-off,notify,relay"
+    )
     args = parser.parse_args()
     modes = args.modes.split(",")
     # Postgres (started below, a child of this process) and pgbench inherit CPU 0 alone.
