@@ -45,7 +45,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from app import tasks
@@ -117,6 +117,15 @@ class VersionMap:
         if item is None or item >> _SEQ_BITS <= int(self.clock() * 1000):
             return None
         return item & _SEQ_MASK
+
+    def newest_many(self, keys: Iterable[tuple[str, str]]) -> list[int | None]:
+        """``newest`` of each (namespace, key), read at one instant."""
+        items, now_ms = self._items, int(self.clock() * 1000)
+        out: list[int | None] = []
+        for namespace, key in keys:
+            item = items.get(f"{namespace}\x00{key}")
+            out.append(None if item is None or item >> _SEQ_BITS <= now_ms else item & _SEQ_MASK)
+        return out
 
     def __len__(self) -> int:
         return len(self._items)

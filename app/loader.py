@@ -194,7 +194,7 @@ class StoreLoader:
                 return None  # the peer finished without a fill (absent, or its store read failed)
             pause = min(pause * 2, PEER_POLL_MAX_S)
 
-    def maybe_refresh_early(self, ref: KeyRef, entry: Entry) -> None:
+    def maybe_refresh_early(self, ref: KeyRef, entry: Entry, *, now: int | None = None) -> None:
         """Probabilistic early expiration (XFetch, Vattani et al., VLDB 2015), for a hit.
 
         A copy in Redis lives until ``stored_at + ttl_cap``. Each hit refreshes it early with the
@@ -209,7 +209,7 @@ class StoreLoader:
         if entry.expires_at_ms is not None and entry.expires_at_ms <= life_end:
             return  # the value itself ends then: a reload cannot extend it
         delta_ms = max(self._store_latency_s, self.coalescing.xfetch_min_delta_s) * 1000
-        ahead_ms = life_end - now_ms()
+        ahead_ms = life_end - (now_ms() if now is None else now)
         if ahead_ms > XFETCH_HORIZON * delta_ms * beta:
             return  # the chance is below e^-XFETCH_HORIZON: skip the random draw
         if -delta_ms * beta * math.log(1.0 - self.rng.random()) < ahead_ms:

@@ -340,28 +340,26 @@ class FallbackRouter:
             # its primary does not answer in time still has a whole read of its own after.
             deadline = loop.time() + max(self.primary_timeout_s, self.read_deadline_s / 2)
             try:
-                copies = await get_many([refs[i] for i in fast], deadline=deadline)
+                entries = await get_many([refs[i] for i in fast], deadline=deadline)
             except NodeBusyError:
-                copies = [None] * len(fast)
+                entries = [None] * len(fast)
             now = now_ms()
+            newest = self.versions.newest_many((refs[i].namespace, refs[i].key) for i in fast)
             hits = 0
-            for i, copy in zip(fast, copies, strict=True):
-                if not isinstance(copy, Copy) or copy.behind_s > 0:
+            for i, record, known in zip(fast, entries, newest, strict=True):
+                if record is None:
                     continue
-                record, ref = copy.record, refs[i]
-                floor = max(
-                    self.versions.newest(ref.namespace, ref.key) or 0, policies[i].min_version
-                )
+                ref, min_version = refs[i], policies[i].min_version
                 if (
-                    isinstance(record, Entry)
-                    and record.seq >= floor
-                    and record.version >= policies[i].min_version
-                    and not record.expired(now)
+                    record.seq >= (known or 0)
+                    and record.seq >= min_version
+                    and record.version >= min_version
+                    and (record.expires_at_ms is None or record.expires_at_ms > now)
                 ):
                     hits += 1
                     if self.local is not None:  # the floor is checked just above, this turn
                         self.local.keep(ref, record)
-                    self.loader.maybe_refresh_early(ref, record)
+                    self.loader.maybe_refresh_early(ref, record, now=now)
                     results[i] = ReadResult(record, "primary")
             if hits:
                 self.stats.primary_hit.inc(hits)

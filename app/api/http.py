@@ -122,7 +122,10 @@ def key_from_raw_path(raw_path: bytes, *, max_bytes: int) -> str:
     return validate_key(key, raw_len=len(raw), max_bytes=max_bytes)
 
 
-def validate_key(key: str, *, raw_len: int, max_bytes: int) -> str:
+def validate_key(key: str, *, raw_len: int | None = None, max_bytes: int) -> str:
+    """``key`` when it may be a key; ``raw_len`` is its length in UTF-8 (computed if not given)."""
+    if raw_len is None:
+        raw_len = len(key) if key.isascii() else len(key.encode())
     if not key:
         raise InvalidKeyError("the key is empty")
     if raw_len > max_bytes:
@@ -182,7 +185,7 @@ def cache_status(result: ReadResult) -> str:
         return status
     if result.stale_s > 0:
         return f"{CACHE_NAME}; fwd=stale; detail={result.tier}"
-    return f"{CACHE_NAME}; hit; detail={result.tier}"
+    return _HITS.get(result.tier) or f"{CACHE_NAME}; hit; detail={result.tier}"
 
 
 def age_s(result: ReadResult, now_ms: int) -> int:
@@ -192,7 +195,8 @@ def age_s(result: ReadResult, now_ms: int) -> int:
 
 
 # The answer of nearly every read, precomputed.
-_HIT_PRIMARY = f"{CACHE_NAME}; hit; detail=primary".encode()
+_HITS = {tier: f"{CACHE_NAME}; hit; detail={tier}" for tier in ("primary", "replica", "local")}
+_HIT_PRIMARY = _HITS["primary"].encode()
 
 
 def entry_headers(result: ReadResult, now_ms: int) -> list[tuple[bytes, bytes]]:

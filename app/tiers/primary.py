@@ -7,8 +7,6 @@ import logging
 import math
 import secrets
 
-from redis import exceptions as rex
-
 from app.cluster.slot_router import SlotRouter
 from app.cluster.slots import Address, key_slot
 from app.codec import (
@@ -23,6 +21,7 @@ from app.codec import (
     Entry,
     Tombstone,
     decode,
+    decode_entry,
     encode_entry,
     encode_tombstone,
     lock_key,
@@ -80,22 +79,28 @@ class PrimaryTier:
         behind_s = 0.0 if self.slots.provenance.trusted(address) else math.inf
         return parse_reply(raw, ref, behind_s=behind_s)
 
-    async def get_many(
-        self, refs: list[KeyRef], *, deadline: float
-    ) -> list[Copy | TierError | None]:
-        """Many keys' copies, one group of GETs per primary: one round trip, one call under the
-        node's breaker, whose latency does not count as slow (the group is slow for its size).
-        Per key: its copy; a ``TierError`` when its node could not answer; None when this path
-        does not serve it (a large value, a slot with no known owner, an avoided node, a
-        redirect reply): the caller reads that key alone (``get``), which handles each case."""
-        out: list[Copy | TierError | None] = [None] * len(refs)
+    async def get_many(self, refs: list[KeyRef], *, deadline: float) -> list[Entry | None]:
+        """Many keys' entries, one group of GETs per primary: one round trip, one call under
+        the node's breaker, whose latency does not count as slow (the group is slow for its
+        size). Per key: the entry its primary holds when that primary answered, is believed
+        (``Provenance``) and held one of our entries; None for everything else (a miss, a
+        tombstone, a large value, a slot with no known owner, an avoided node, a node that could
+        not answer, a redirect): the caller reads that key alone (``get``), which handles each
+        case. No ``Copy`` per key: a batch's hits are most of its keys."""
+        out: list[Entry | None] = [None] * len(refs)
         by_node: dict[Address, list[int]] = {}
-        slots = self.slots.map.slots
+        slots, large = self.slots.map.slots, self.large
+        avoided: dict[Address, bool] = {}
         for index, ref in enumerate(refs):
-            if self.large.size(ref.rkey) is not None:
+            if large.size(ref.rkey) is not None:
                 continue
             shard = slots[key_slot(ref.rkey)]
-            if shard is not None and not self.slots.avoid(shard.primary):
+            if shard is None:
+                continue
+            avoid = avoided.get(shard.primary)
+            if avoid is None:
+                avoid = avoided[shard.primary] = self.slots.avoid(shard.primary)
+            if not avoid:
                 by_node.setdefault(shard.primary, []).append(index)
 
         async def one_node(address: Address, indices: list[int]) -> None:
@@ -105,16 +110,16 @@ class PrimaryTier:
                     address, *commands, readonly=False, deadline=deadline, route="primary",
                     count_slow=len(commands) == 1,
                 )  # fmt: skip
-            except TierError as exc:
-                for i in indices:
-                    out[i] = exc
+            except TierError:
+                return  # each key is read alone, which meets the error again and handles it
+            if not self.slots.provenance.trusted(address):
                 return
-            behind_s = 0.0 if self.slots.provenance.trusted(address) else math.inf
             for i, raw in zip(indices, replies, strict=True):
-                if isinstance(raw, rex.ResponseError):
-                    continue  # MOVED, ASK, TRYAGAIN, CLUSTERDOWN: read alone, which handles it
-                self.large.saw(refs[i].rkey, len(raw) if isinstance(raw, bytes) else 0)
-                out[i] = parse_reply(raw, refs[i], behind_s=behind_s)
+                if type(raw) is bytes:
+                    large.saw(refs[i].rkey, len(raw))  # (a no-op unless it is large now)
+                    out[i] = decode_entry(raw)
+                # else: a miss (None: the single read counts it), or a MOVED, ASK, TRYAGAIN or
+                # CLUSTERDOWN reply: read alone, which handles it
 
         await asyncio.gather(*(one_node(a, i) for a, i in by_node.items()))
         return out
