@@ -7,6 +7,7 @@ from app.codec import (
     Entry,
     Tombstone,
     decode,
+    decode_entry,
     encode_entry,
     encode_tombstone,
     lock_key,
@@ -70,3 +71,18 @@ def test_no_callers_key_is_the_load_lock_of_another(key: str) -> None:
     assert lock != redis_key("cg", "default", f"{key}:lock")
     assert b"\x00" in lock
     assert key_slot(lock) == key_slot(rkey)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"V 1 2 3 0 a/b\nvalue", b"V 1 2 3 9 a/b; q=1\n", b"T 5\n", b"V 1 2 3\nx", b"V x 2 3 0 a\n",
+     b"X 1\n", b"", b"V 1 2 3 0 a/b"],
+)  # fmt: skip
+def test_decode_entry_is_decode_for_entries_and_none_for_the_rest(raw: bytes) -> None:
+    try:
+        expected: object = decode(raw)
+    except ValueError:
+        expected = None
+    if isinstance(expected, Tombstone):
+        expected = None
+    assert decode_entry(raw) == expected
