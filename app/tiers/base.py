@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from app.codec import Entry, Tombstone
 
 
-@dataclass(frozen=True, slots=True)
-class KeyRef:
-    """A key as the caller named it, and its Redis key (computed once per request)."""
+class KeyRef(NamedTuple):
+    """A key as the caller named it, and its Redis key (computed once per request). A named
+    tuple: built once per key of a batch, at half a frozen dataclass's cost."""
 
     namespace: str
     key: str

@@ -1,4 +1,4 @@
-"""The local tier: a bounded LRU in this process (cachetools), kept in step by the feed.
+"""The local tier: a bounded LRU in this process, kept in step by the feed.
 
 Bounded in entries, in bytes and in age: a copy lives at most ``max_age_s``, no longer than the
 version map remembers announcements (``feed.versions_ttl_s``), so no copy outlives the record
@@ -11,10 +11,9 @@ time it was taken, so that ``FeedState`` can say how long it may have missed inv
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
-
-from cachetools import LRUCache
 
 from app import telemetry
 from app.codec import Entry, Tombstone
@@ -34,6 +33,44 @@ class _Item(NamedTuple):
     size: int
 
 
+class _Lru:
+    """Items bounded in total ``size``, least recently used out first: an ``OrderedDict``, so a
+    hit costs two C calls (cachetools' ``LRUCache`` costs five Python calls, once per key of a
+    batch)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.currsize = 0
+        self._items: OrderedDict[tuple[str, str], _Item] = OrderedDict()
+
+    def get(self, slot: tuple[str, str]) -> _Item | None:
+        """The item, now the most recently used."""
+        item = self._items.get(slot)
+        if item is not None:
+            self._items.move_to_end(slot)
+        return item
+
+    def put(self, slot: tuple[str, str], item: _Item) -> None:
+        """Keep ``item`` (no larger than ``maxsize``), dropping the least recently used."""
+        self.pop(slot)
+        self._items[slot] = item
+        self.currsize += item.size
+        while self.currsize > self.maxsize:
+            self.pop_oldest()
+
+    def pop(self, slot: tuple[str, str]) -> None:
+        item = self._items.pop(slot, None)
+        if item is not None:
+            self.currsize -= item.size
+
+    def pop_oldest(self) -> None:
+        _slot, item = self._items.popitem(last=False)
+        self.currsize -= item.size
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class LocalTier:
     name = "local"
 
@@ -48,9 +85,7 @@ class LocalTier:
         self.feed = feed
         self.clock = clock
         self.enabled = settings.max_entries > 0 and settings.max_bytes > 0
-        self._items: LRUCache[tuple[str, str], _Item] = LRUCache(
-            maxsize=max(1, settings.max_bytes), getsizeof=lambda item: item.size
-        )
+        self._items = _Lru(max(1, settings.max_bytes))
 
     def lookup(self, ref: KeyRef) -> Copy:
         slot = (ref.namespace, ref.key)
@@ -58,7 +93,7 @@ class LocalTier:
         if item is None:
             return MISS
         if self.clock() - item.cached_at > self.settings.max_age_s:
-            del self._items[slot]  # older than what the version map remembers: not trusted
+            self._items.pop(slot)  # older than what the version map remembers: not trusted
             return MISS
         return Copy(item.entry, self.feed.behind_s(item.generation, item.cached_at))
 
@@ -75,11 +110,11 @@ class LocalTier:
             return current.entry.seq == entry.seq
         size = len(entry.value) + len(ref.key) + len(entry.content_type) + ITEM_OVERHEAD_BYTES
         if size > self._items.maxsize:
-            self._items.pop(slot, None)
+            self._items.pop(slot)
             return False
-        self._items[slot] = _Item(entry, self.feed.generation, self.clock(), size)
+        self._items.put(slot, _Item(entry, self.feed.generation, self.clock(), size))
         while len(self._items) > self.settings.max_entries:
-            self._items.popitem()
+            self._items.pop_oldest()
         return True
 
     async def put(self, ref: KeyRef, record: Entry | Tombstone, *, deadline: float) -> bool:
@@ -92,10 +127,10 @@ class LocalTier:
         """Drop the copy of a key if it is older than ``seq`` (an announced write or delete)."""
         item = self._items.get((namespace, key))
         if item is not None and item.entry.seq < seq:
-            del self._items[(namespace, key)]
+            self._items.pop((namespace, key))
 
     def drop(self, namespace: str, key: str) -> None:
-        self._items.pop((namespace, key), None)
+        self._items.pop((namespace, key))
 
     def update_gauges(self) -> None:
         telemetry.LOCAL_ENTRIES.set(len(self._items))
