@@ -195,8 +195,10 @@ def decode_entry(raw: bytes) -> Entry | None:
     if raw[:2] != b"V ":
         return None
     newline = raw.find(b"\n")
+    if newline < 0:
+        return None
     parts = raw[2:newline].split(b" ", 4)
-    if newline < 0 or len(parts) != 5:
+    if len(parts) != 5:
         return None
     seq, version, stored_at_ms, expires_at_ms, content_type = parts
     try:

@@ -354,7 +354,7 @@ class FallbackRouter:
                     record.seq >= (known or 0)
                     and record.seq >= min_version
                     and record.version >= min_version
-                    and (record.expires_at_ms is None or record.expires_at_ms > now)
+                    and not record.expired(now)
                 ):
                     hits += 1
                     if self.local is not None:  # the floor is checked just above, this turn

@@ -249,14 +249,13 @@ async def serve(gateway: Gateway, scope: Scope, body: AsyncIterator[bytes]) -> A
             limit_bytes=limits.max_batch_bytes,
         ) from None
     gets = plain_gets(raw, limits)
-    ops = parse(raw, limits).ops if gets is None else None
+    ops = parse(raw, limits).ops if gets is None else []  # (parsed before Cache-Control)
     policy = policy_of(gateway, header(scope, b"cache-control"))
     principal: Principal | None = scope.get(PRINCIPAL)
     run = _Run(gateway, principal, policy)
-    if ops is not None:
+    if gets is None:
         results = await run.all(ops)
     else:
-        assert gets is not None
         results = [{} for _ in gets]
         await run.reads(list(enumerate(gets)), results)
     content = orjson.dumps({"results": results})
@@ -419,7 +418,7 @@ def _read(found: ReadResult, now: int) -> Result:
     entry = found.entry
     result: Result = {
         "status": 200,
-        "etag": f'"{entry.version}"',  # conditional.etag, inline: once per key of a batch
+        "etag": conditional.etag(entry.version),
         "cache_status": cache_status(found),
         "age": age_s(found, now),
         "content_type": entry.content_type,

@@ -90,17 +90,11 @@ class PrimaryTier:
         out: list[Entry | None] = [None] * len(refs)
         by_node: dict[Address, list[int]] = {}
         slots, large = self.slots.map.slots, self.large
-        avoided: dict[Address, bool] = {}
         for index, ref in enumerate(refs):
             if large.size(ref.rkey) is not None:
                 continue
             shard = slots[key_slot(ref.rkey)]
-            if shard is None:
-                continue
-            avoid = avoided.get(shard.primary)
-            if avoid is None:
-                avoid = avoided[shard.primary] = self.slots.avoid(shard.primary)
-            if not avoid:
+            if shard is not None and not self.slots.avoid(shard.primary):
                 by_node.setdefault(shard.primary, []).append(index)
 
         async def one_node(address: Address, indices: list[int]) -> None:
